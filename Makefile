@@ -1,0 +1,47 @@
+# facerec: `make up` runs the whole service locally, `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 5000
+WORKERS ?= 2
+export PORT WORKERS PY
+
+.PHONY: help venv system-deps services up down demo test bench clean
+
+help:
+	@echo "make up      start Redis/RabbitMQ if needed, rest + $(WORKERS) workers + logs, demo scan"
+	@echo "make down    stop what make up started"
+	@echo "make test    install what is needed and run the whole test suite"
+
+$(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt
+	# face_recognition's metadata asks for a source build of dlib; dlib-bin provides it.
+	$(PY) -m pip install --quiet --no-deps -r requirements/face.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@scripts/system-deps.sh
+
+services: system-deps
+	@scripts/services.sh start
+
+up: venv services
+	@scripts/up.sh
+
+demo: venv
+	$(PY) scripts/demo.py --rest http://127.0.0.1:$(PORT) tests/data/faces
+
+down:
+	@scripts/down.sh
+
+test: venv services
+	$(PY) -m pytest
+
+clean: down
+	rm -rf $(VENV) .run .pytest_cache .hypothesis

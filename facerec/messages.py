@@ -1,0 +1,84 @@
+"""The image message: a small versioned header (AMQP headers table) and the raw bytes.
+
+Nothing in a message is ever unpickled or JSON-decoded into objects: the header is a flat
+table of strings and integers, checked field by field, and the body is only ever handed to
+the image decoder after its SHA-256 matches the header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from facerec.errors import InvalidMessage
+
+SCHEMA_VERSION = 1
+CONTENT_TYPE = "application/octet-stream"
+KINDS = frozenset({"upload", "url"})
+MAX_NAME_LENGTH = 2048
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_image_hash(text: str) -> bool:
+    return bool(_HASH.match(text))
+
+
+@dataclass(frozen=True)
+class ImageMessage:
+    image_hash: str
+    name: str
+    kind: str
+    body: bytes
+
+    @classmethod
+    def for_image(cls, body: bytes, name: str, kind: str) -> "ImageMessage":
+        msg = cls(sha256_hex(body), name, kind, body)
+        msg.check()
+        return msg
+
+    def headers(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "hash": self.image_hash, "name": self.name,
+                "kind": self.kind}
+
+    def check(self) -> None:
+        if not is_image_hash(self.image_hash):
+            raise InvalidMessage("header hash is not 64 lowercase hex digits")
+        if not self.name or len(self.name) > MAX_NAME_LENGTH:
+            raise InvalidMessage(f"header name must have 1 to {MAX_NAME_LENGTH} characters")
+        if self.kind not in KINDS:
+            raise InvalidMessage(f"header kind must be one of {sorted(KINDS)}")
+        if not self.body:
+            raise InvalidMessage("empty body")
+        if sha256_hex(self.body) != self.image_hash:
+            raise InvalidMessage("body does not match the header hash")
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, Any] | None, content_type: str | None,
+              body: bytes) -> "ImageMessage":
+        """Validate a received message; raise InvalidMessage saying what is wrong."""
+        if content_type != CONTENT_TYPE:
+            raise InvalidMessage(f"content type {content_type!r} is not {CONTENT_TYPE}")
+        if not isinstance(headers, Mapping):
+            raise InvalidMessage("message has no headers")
+        if headers.get("schema") != SCHEMA_VERSION:
+            raise InvalidMessage(f"unsupported schema {headers.get('schema')!r}")
+        fields = {}
+        for key in ("hash", "name", "kind"):
+            value = headers.get(key)
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidMessage(f"header {key} is not UTF-8") from None
+            if not isinstance(value, str):
+                raise InvalidMessage(f"header {key} missing or not a string")
+            fields[key] = value
+        msg = cls(fields["hash"], fields["name"], fields["kind"], bytes(body))
+        msg.check()
+        return msg

@@ -1,0 +1,146 @@
+"""Processing one image: decode, detect, match, commit — the same work for a queue message,
+a command-line file or a test's function call.
+
+The commit protocol keeps matches exact under any number of workers. A worker matches
+against the faces its index holds (face-log version v) and commits with "expect version
+v". If another worker committed meanwhile, the script answers `stale`; the worker loads
+only the delta, compares the new image with those faces, and tries again. So every pair of
+images is compared by whichever committed second, against a complete view, and the final
+databases do not depend on the number of workers or the order of processing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+import redis
+
+from facerec import faces as face_ops
+from facerec.errors import TransientError
+from facerec.matcher import FaceIndex
+from facerec.messages import ImageMessage
+from facerec.settings import Settings
+from facerec.store import Match, Store
+
+T = TypeVar("T")
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+@dataclass
+class Outcome:
+    image_hash: str
+    status: str  # "processed" or "duplicate" (already processed: name added, no scan)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    matches: dict[str, Match] = field(default_factory=dict)
+    retries: int = 0  # stale commits retried (another worker committed meanwhile)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"hash": self.image_hash, "status": self.status, "faces": len(self.boxes),
+                "matches": {h: round(m.distance, 6) for h, m in sorted(self.matches.items())},
+                "retries": self.retries, "seconds": round(self.seconds, 3)}
+
+
+class Processor:
+    """Owns a worker's face index and turns image messages into committed results."""
+
+    def __init__(self, settings: Settings, store: Store, log: logging.Logger | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.index = FaceIndex()
+        self.log = log or logging.getLogger("facerec.worker")
+        self.stop = stop or threading.Event()
+
+    def with_redis(self, what: str, fn: Callable[[], T]) -> T:
+        """Run fn, waiting out Redis outages (restarts, failovers) with backoff."""
+        delay = 0.25
+        while True:
+            try:
+                return fn()
+            except REDIS_ERRORS as exc:
+                if self.stop.is_set():
+                    raise TransientError(f"Redis unavailable during {what}: {exc}") from exc
+                self.log.info("Redis unavailable during %s (%s); retrying in %.1fs",
+                              what, exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def sync(self) -> bool:
+        """Bring the index up to the face log; True if it had to be rebuilt from scratch."""
+        def load() -> bool:
+            epoch, length = self.store.face_log_state()
+            rebuilt = epoch != self.index.epoch or length < self.index.version
+            if rebuilt:
+                if self.index.version:
+                    # Redis lost or replaced its data (e.g. restarted without persistence).
+                    self.log.info("face log epoch changed: reloading the index")
+                self.index.clear()
+                self.index.epoch = epoch
+            self.index.extend(self.store.face_log_since(self.index.version))
+            return rebuilt
+        return self.with_redis("index sync", load)
+
+    def load_index(self) -> None:
+        start = time.monotonic()
+        self.sync()
+        self.log.info("index loaded: %d faces of %d images in %.2fs",
+                      self.index.n_faces, self.index.version, time.monotonic() - start)
+
+    def process(self, msg: ImageMessage) -> Outcome:
+        """Process one validated image message. Raises InvalidImage for bad bytes."""
+        start = time.monotonic()
+        h = msg.image_hash
+        if self.with_redis("dedup check", lambda: self.store.add_name_if_processed(h, msg.name)):
+            self.log.info("image %s already processed: added name %r", h, msg.name)
+            return Outcome(h, "duplicate", seconds=time.monotonic() - start)
+        self.log.debug("image %s (%r, %d bytes): decoding", h, msg.name, len(msg.body))
+        rgb = face_ops.decode(msg.body, self.settings.max_image_pixels)
+        found = face_ops.find_faces(rgb, self.settings.detection_model,
+                                    self.settings.detect_max_side, self.settings.detect_upsample)
+        self.log.debug("image %s: %d faces found in %dx%d pixels", h, len(found.boxes),
+                       rgb.shape[1], rgb.shape[0])
+        return self.commit_faces(h, msg.name, found, start)
+
+    def commit_faces(self, h: str, name: str, found: face_ops.Faces,
+                     start: float | None = None) -> Outcome:
+        """Match found faces against the index and commit, retrying on a stale version.
+
+        Optimistic: the index is brought up to date only when the commit script says
+        another worker committed since, and then only the delta is searched.
+        """
+        start = time.monotonic() if start is None else start
+        outcome = Outcome(h, "processed", boxes=found.boxes)
+        searched_from = 0
+        while True:
+            searched_to = self.index.n_faces
+            outcome.matches.update(self.index.search(
+                found.encodings, self.settings.match_tolerance, exclude=h,
+                start_face=searched_from))
+            epoch, version = self.index.epoch, self.index.version
+            result = self.with_redis("commit", lambda: self.store.commit(
+                h, [name], found.encodings, found.boxes, outcome.matches.values(),
+                epoch, version))
+            if result.status == "ok":
+                self.index.add(h, found.encodings)
+                break
+            if result.status == "dup":
+                self.log.info("image %s committed meanwhile by another worker: added name %r",
+                              h, name)
+                return Outcome(h, "duplicate", seconds=time.monotonic() - start)
+            outcome.retries += 1
+            self.log.debug("image %s: face log moved from %d to %d images; matching the delta",
+                           h, version, result.version)
+            if self.sync():
+                searched_from = 0  # a new index: forget matches to images it no longer has
+                outcome.matches.clear()
+            else:
+                searched_from = searched_to
+        outcome.seconds = time.monotonic() - start
+        self.log.info("image %s (%r) stored: %d faces, %d matching images, %.2fs",
+                      h, name, len(found.boxes), len(outcome.matches), outcome.seconds)
+        return outcome

@@ -1,0 +1,89 @@
+"""Settings, built once from the environment and passed explicitly to whoever needs them."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+
+def _parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                 for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of rest, worker and logs. Field name upper-cased is the environment variable."""
+
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_password: str = ""
+    rabbitmq_host: str = "127.0.0.1"
+    rabbitmq_port: int = 5672
+    rabbitmq_user: str = "guest"
+    rabbitmq_password: str = "guest"
+    rabbitmq_vhost: str = "/"
+    # AMQP heartbeat in seconds: the worker's I/O loop keeps answering while an image is
+    # processed on another thread, so a short value only detects dead peers sooner.
+    rabbitmq_heartbeat: int = 30
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    web_concurrency: int = 2
+    web_threads: int = 8
+
+    match_tolerance: float = 0.6
+    detection_model: str = "hog"
+    # Faces are detected on a copy whose longer side is at most this many pixels (0: full
+    # resolution); encodings are computed on the full image. See README for the evidence.
+    detect_max_side: int = 1024
+    detect_upsample: int = 1
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    fetch_timeout: float = 10.0
+    fetch_max_redirects: int = 3
+    # Networks URL fetching may reach although they are not public (tests, private setups).
+    fetch_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    api_token: str = ""
+
+    # Deliveries of one message before it is dead-lettered (the broker counts crashes too).
+    max_deliveries: int = 5
+    prefetch: int = 1
+    worker_heartbeat_file: str = "/tmp/facerec-worker.heartbeat"
+    metrics_port: int = 9100
+    log_level: str = "DEBUG"
+    hostname: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Read every field from its upper-case environment variable; overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or f.name in overrides:
+                continue
+            if f.name == "fetch_allow_networks":
+                values[f.name] = _parse_networks(raw)
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.detection_model not in ("hog", "cnn"):
+            raise ValueError(f"DETECTION_MODEL must be hog or cnn, not {self.detection_model!r}")
+        if not 0 < self.match_tolerance < 2:
+            raise ValueError("MATCH_TOLERANCE must be in (0, 2)")
+        if self.max_deliveries < 1 or self.prefetch < 1:
+            raise ValueError("MAX_DELIVERIES and PREFETCH must be at least 1")

@@ -1,0 +1,1 @@
+"""The log listener: prints the `logs` topic exchange."""

@@ -1,0 +1,1 @@
+"""The REST front end: accepts images, queues them, answers match queries from Redis."""

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterator
+
+import pytest
+
+from facerec.settings import Settings
+from tests.services import Env, RedisServer, Vhost, reset_vhost
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def vhost() -> Iterator[Vhost]:
+    v = Vhost().create()
+    yield v
+    v.delete()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, vhost: Vhost) -> Settings:
+    return Settings.from_env({}, redis_port=redis_server.port, rabbitmq_vhost=vhost.name,
+                             fetch_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+
+
+@pytest.fixture
+def env(settings: Settings, redis_server: RedisServer) -> Iterator[Env]:
+    """Empty databases and queues before the test; its processes stopped after it."""
+    redis_server.flush()
+    reset_vhost(settings)
+    e = Env(settings, redis_server)
+    yield e
+    e.stop_all()

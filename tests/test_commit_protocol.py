@@ -1,0 +1,101 @@
+"""The commit protocol against a real Redis: no lost matches, whatever the interleaving."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from facerec.pipeline import Processor
+from facerec.settings import Settings
+from facerec.store import (HASH_TO_ENCODINGS, HASH_TO_MATCHES, HASH_TO_NAMES, META,
+                           NAME_TO_HASH, Store, image_key)
+from tests.services import RedisServer
+from tests.synthetic import brute_force_pairs, identities, image_faces, pairs_of
+
+
+def processors(settings: Settings, n: int) -> list[Processor]:
+    store = Store(settings)
+    result = [Processor(settings, store) for _ in range(n)]
+    for p in result:
+        p.load_index()
+    return result
+
+
+def test_two_workers_that_matched_before_either_committed_still_record_their_match(
+        settings: Settings, redis_server: RedisServer) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(7)
+    person = identities(rng, 1)
+    first, second = processors(settings, 2)  # both indexes are empty: neither sees the other
+    a = first.commit_faces("a" * 64, "a.jpg", image_faces(rng, person, [0]))
+    b = second.commit_faces("b" * 64, "b.jpg", image_faces(rng, person, [0]))
+    assert (a.retries, b.retries) == (0, 1)
+    assert set(b.matches) == {"a" * 64}
+    db4 = redis_server.client(HASH_TO_MATCHES)
+    assert db4.smembers("a" * 64) == {"b" * 64}
+    assert db4.smembers("b" * 64) == {"a" * 64}
+
+
+def test_an_image_committed_twice_only_gains_a_name(settings: Settings,
+                                                     redis_server: RedisServer) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(8)
+    faces = image_faces(rng, identities(rng, 1), [0])
+    first, second = processors(settings, 2)
+    assert first.commit_faces("c" * 64, "one.jpg", faces).status == "processed"
+    assert second.commit_faces("c" * 64, "two.jpg", faces).status == "duplicate"
+    assert redis_server.client(HASH_TO_NAMES).smembers("c" * 64) == {"one.jpg", "two.jpg"}
+    assert redis_server.client(NAME_TO_HASH).get("two.jpg") == "c" * 64
+    assert redis_server.client(META).hget(image_key("c" * 64), "scans") == "1"
+    assert redis_server.client(META).llen("facelog") == 1
+
+
+def test_an_image_without_faces_is_stored_with_empty_encodings(
+        settings: Settings, redis_server: RedisServer) -> None:
+    redis_server.flush()
+    (p,) = processors(settings, 1)
+    p.commit_faces("d" * 64, "landscape.jpg", image_faces(np.random.default_rng(0),
+                                                          identities(np.random.default_rng(0), 1),
+                                                          []))
+    assert redis_server.client(HASH_TO_ENCODINGS, decode=False).get("d" * 64) == b""
+    assert redis_server.client(META).hget(image_key("d" * 64), "status") == "done"
+    assert redis_server.client(META).llen("facelog") == 0
+
+
+def test_a_worker_whose_redis_lost_its_data_rebuilds_its_index(
+        settings: Settings, redis_server: RedisServer) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(9)
+    person = identities(rng, 1)
+    (p,) = processors(settings, 1)
+    p.commit_faces("e" * 64, "e.jpg", image_faces(rng, person, [0]))
+    redis_server.flush()
+    other = processors(settings, 1)[0]
+    other.commit_faces("f" * 64, "f.jpg", image_faces(rng, person, [0]))
+    out = p.commit_faces("0" * 64, "g.jpg", image_faces(rng, person, [0]))
+    assert set(out.matches) == {"f" * 64}  # not the forgotten e…
+    assert p.index.version == 2
+
+
+@hsettings(max_examples=25, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), n_workers=st.integers(1, 4),
+       n_images=st.integers(2, 14), data=st.data())
+def test_any_interleaving_of_workers_gives_the_brute_force_match_sets(
+        settings: Settings, redis_server: RedisServer, seed: int, n_workers: int,
+        n_images: int, data: st.DataObject) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(seed)
+    centres = identities(rng, 4)
+    images = {f"{i:064x}": image_faces(rng, centres, list(rng.integers(0, 4, rng.integers(0, 3))))
+              for i in range(n_images)}
+    workers = processors(settings, n_workers)
+    # Each image goes to a worker chosen by hypothesis, in an order it chooses.
+    order = data.draw(st.permutations(sorted(images)))
+    for h in order:
+        w = data.draw(st.integers(0, n_workers - 1))
+        workers[w].commit_faces(h, f"{h}.jpg", images[h])
+    got = pairs_of(redis_server.dump(HASH_TO_MATCHES))
+    assert got == brute_force_pairs({h: f.encodings for h, f in images.items()})
+    for h, others in redis_server.dump(HASH_TO_MATCHES).items():
+        assert h.encode() not in others

@@ -1,0 +1,116 @@
+"""The worker process: poison messages, dead letters, SIGTERM, liveness, --file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pika
+import pytest
+
+from facerec import broker as amqp
+from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
+from tests.services import FACES, ROOT, Env, wait_until
+
+
+def publish_raw(env: Env, body: bytes, headers: dict[str, object] | None,
+                content_type: str | None) -> None:
+    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
+    try:
+        ch = conn.channel()
+        amqp.declare_topology(ch)
+        ch.basic_publish(amqp.WORK_EXCHANGE, amqp.IMAGE_ROUTING_KEY, body,
+                         pika.BasicProperties(headers=headers, content_type=content_type,
+                                              delivery_mode=2))
+    finally:
+        conn.close()
+
+
+def dead_letters(env: Env) -> list[tuple[dict[str, object], bytes]]:
+    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
+    out = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, body = ch.basic_get(amqp.DEAD_QUEUE, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props.headers or {}, body))
+    finally:
+        conn.close()
+
+
+def pickle_bomb(canary: Path) -> bytes:
+    # A protocol-0 pickle that runs os.system when unpickled: written out by hand so
+    # nothing here imports pickle. If anything ever unpickles it, the canary appears.
+    return f"cos\nsystem\n(S'touch {canary}'\ntR.".encode()
+
+
+def test_malformed_and_pickled_messages_are_dead_lettered_and_nothing_executes(
+        env: Env, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    bomb = pickle_bomb(canary)
+    good = (FACES / "obama/obama_small.jpg").read_bytes()
+    publish_raw(env, bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "x", "kind": "url"},
+                "application/python-pickle")
+    publish_raw(env, bomb, None, CONTENT_TYPE)
+    publish_raw(env, bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "evil.jpg",
+                            "kind": "upload"}, CONTENT_TYPE)
+    publish_raw(env, good, {"schema": 1, "hash": "0" * 64, "name": "liar.jpg",
+                            "kind": "upload"}, CONTENT_TYPE)
+    publish_raw(env, good, ImageMessage.for_image(good, "fine.jpg", "upload").headers(),
+                CONTENT_TYPE)
+    env.start_worker()
+    env.wait_processed({sha256_hex(good), sha256_hex(bomb)}, timeout=120)
+    wait_until(lambda: env.queue_depth(amqp.DEAD_QUEUE) == 4, 30, "four dead letters")
+    reasons = sorted(str(h[amqp.ERROR_HEADER]) for h, _ in dead_letters(env))
+    assert reasons[0].startswith("invalid message: body does not match the header hash")
+    assert reasons[1].startswith("invalid message: content type 'application/python-pickle'")
+    assert reasons[2].startswith("invalid message: message has no headers")
+    assert reasons[3].startswith("not a decodable image")
+    assert env.statuses() == {sha256_hex(good): "done", sha256_hex(bomb): "failed"}
+    assert env.queue_depth() == 0
+    assert not canary.exists()
+
+
+def test_a_worker_given_sigterm_finishes_its_image_and_exits(env: Env) -> None:
+    big = (FACES / "groups/obama_and_biden.jpg").read_bytes()
+    broker = env.broker()
+    broker.publish_image(ImageMessage.for_image(big, "group.jpg", "upload"))
+    broker.close()
+    worker = env.start_worker()
+    # Delivered (no longer ready) but not yet committed: the worker is mid-image.
+    wait_until(lambda: env.queue_depth() == 0, 60, "the worker to take the message",
+               interval=0.02)
+    assert env.statuses() == {}
+    assert env.stop(worker, timeout=60) == 0
+    assert env.statuses() == {sha256_hex(big): "done"}
+    assert env.queue_depth() == 0
+
+
+def test_worker_check_turns_the_heartbeat_into_an_exit_code(env: Env, tmp_path: Path) -> None:
+    beat = str(tmp_path / "beat")
+    check = [sys.executable, "-m", "worker", "--check"]
+    environ = env.environ(WORKER_HEARTBEAT_FILE=beat)
+    assert subprocess.run(check, cwd=ROOT, env=environ, capture_output=True).returncode == 1
+    env.start_worker(WORKER_HEARTBEAT_FILE=beat)
+    wait_until(lambda: subprocess.run(check, cwd=ROOT, env=environ,
+                                      capture_output=True).returncode == 0,
+               60, "a fresh heartbeat")
+    os.utime(beat, (0, 0))
+    assert subprocess.run(check, cwd=ROOT, env=environ, capture_output=True).returncode == 1
+
+
+@pytest.mark.slow
+def test_worker_file_processes_images_without_rabbitmq(env: Env) -> None:
+    files = [FACES / "obama/obama.jpg", FACES / "obama/obama2.jpg", FACES / "biden/biden.jpg"]
+    out = subprocess.run([sys.executable, "-m", "worker", "--file", *map(str, files)],
+                         cwd=ROOT, env=env.environ(RABBITMQ_PORT="1"), capture_output=True,
+                         text=True, timeout=120, check=True)
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["faces"] for r in results] == [1, 1, 1]
+    assert list(results[1]["matches"]) == [sha256_hex(files[0].read_bytes())]
+    assert results[2]["matches"] == {}

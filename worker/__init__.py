@@ -1,0 +1,1 @@
+"""The worker entrypoint: consumes images from RabbitMQ and commits results to Redis."""
