@@ -29,6 +29,9 @@ DEAD_ROUTING_KEY = "dead"
 # Fixed, not a setting: queue arguments must be identical wherever the queue is declared.
 MAX_DELIVERIES = 5
 ERROR_HEADER = "x-facerec-error"
+# Deliveries before a worker dead-lettered the message. Not x-delivery-count: the dead-letter
+# queue counts its own deliveries under that name, so a copy would be overwritten.
+ATTEMPTS_HEADER = "x-facerec-attempts"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 AMQP_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
@@ -142,6 +145,7 @@ class Broker:
         """Put a message in the dead-letter queue, with why it failed."""
         kept = dict(headers) if isinstance(headers, Mapping) else {}
         kept[ERROR_HEADER] = reason[:1000]
+        kept[ATTEMPTS_HEADER] = delivery_attempt(headers)
         self._publish(DEAD_EXCHANGE, DEAD_ROUTING_KEY, body, kept, content_type)
 
     def queue_depth(self, queue: str = IMAGE_QUEUE) -> int:

@@ -12,6 +12,7 @@ databases do not depend on the number of workers or the order of processing.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Callable, TypeVar
 import redis
 
 from facerec import faces as face_ops
+from facerec import metrics
 from facerec.errors import TransientError
 from facerec.matcher import FaceIndex
 from facerec.messages import ImageMessage
@@ -28,6 +30,32 @@ from facerec.store import Match, Store
 
 T = TypeVar("T")
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def inject_fault(point: str, name: str) -> None:
+    """Test-only fault injection (tests/test_faults.py); does nothing unless FACEREC_FAULT
+    is set. FACEREC_FAULT_NAME, if set, limits it to messages with that name.
+
+    slow=S              sleep S seconds just before the commit (a long job)
+    crash_before_commit exit at once, like kill -9, just before the Redis commit
+    crash_after_commit  exit at once after the Redis commit, before the ack
+    fail_processing     raise just before the commit, on every delivery (a poison image)
+    """
+    fault = os.environ.get("FACEREC_FAULT", "")
+    if not fault or os.environ.get("FACEREC_FAULT_NAME", name) != name:
+        return
+    kind, _, arg = fault.partition("=")
+    if f"{kind}:{point}" not in ("slow:before_commit", "crash_before_commit:before_commit",
+                                 "crash_after_commit:after_commit",
+                                 "fail_processing:before_commit"):
+        return
+    print(f"facerec fault injected: {fault} at {point} for {name!r}", flush=True)
+    if kind == "slow":
+        time.sleep(float(arg))
+    elif kind == "fail_processing":
+        raise RuntimeError(f"injected fault: {fault}")
+    else:
+        os._exit(137)
 
 
 @dataclass
@@ -85,9 +113,14 @@ class Processor:
             return rebuilt
         return self.with_redis("index sync", load)
 
+    def update_index_gauges(self) -> None:
+        metrics.INDEX_FACES.set(self.index.n_faces)
+        metrics.INDEX_BYTES.set(self.index.nbytes)
+
     def load_index(self) -> None:
         start = time.monotonic()
         self.sync()
+        self.update_index_gauges()
         self.log.info("index loaded: %d faces of %d images in %.2fs",
                       self.index.n_faces, self.index.version, time.monotonic() - start)
 
@@ -97,6 +130,7 @@ class Processor:
         h = msg.image_hash
         if self.with_redis("dedup check", lambda: self.store.add_name_if_processed(h, msg.name)):
             self.log.info("image %s already processed: added name %r", h, msg.name)
+            metrics.IMAGES.labels("duplicate").inc()
             return Outcome(h, "duplicate", seconds=time.monotonic() - start)
         self.log.debug("image %s (%r, %d bytes): decoding", h, msg.name, len(msg.body))
         rgb = face_ops.decode(msg.body, self.settings.max_image_pixels)
@@ -104,7 +138,10 @@ class Processor:
                                     self.settings.detect_max_side, self.settings.detect_upsample)
         self.log.debug("image %s: %d faces found in %dx%d pixels", h, len(found.boxes),
                        rgb.shape[1], rgb.shape[0])
-        return self.commit_faces(h, msg.name, found, start)
+        inject_fault("before_commit", msg.name)
+        outcome = self.commit_faces(h, msg.name, found, start)
+        inject_fault("after_commit", msg.name)
+        return outcome
 
     def commit_faces(self, h: str, name: str, found: face_ops.Faces,
                      start: float | None = None) -> Outcome:
@@ -118,9 +155,10 @@ class Processor:
         searched_from = 0
         while True:
             searched_to = self.index.n_faces
-            outcome.matches.update(self.index.search(
-                found.encodings, self.settings.match_tolerance, exclude=h,
-                start_face=searched_from))
+            with metrics.MATCH_SECONDS.time():
+                outcome.matches.update(self.index.search(
+                    found.encodings, self.settings.match_tolerance, exclude=h,
+                    start_face=searched_from))
             epoch, version = self.index.epoch, self.index.version
             result = self.with_redis("commit", lambda: self.store.commit(
                 h, [name], found.encodings, found.boxes, outcome.matches.values(),
@@ -131,8 +169,10 @@ class Processor:
             if result.status == "dup":
                 self.log.info("image %s committed meanwhile by another worker: added name %r",
                               h, name)
+                metrics.IMAGES.labels("duplicate").inc()
                 return Outcome(h, "duplicate", seconds=time.monotonic() - start)
             outcome.retries += 1
+            metrics.COMMIT_RETRIES.inc()
             self.log.debug("image %s: face log moved from %d to %d images; matching the delta",
                            h, version, result.version)
             if self.sync():
@@ -141,6 +181,10 @@ class Processor:
             else:
                 searched_from = searched_to
         outcome.seconds = time.monotonic() - start
+        metrics.IMAGES.labels("processed").inc()
+        metrics.FACES_FOUND.inc(len(found.boxes))
+        metrics.PROCESSING_SECONDS.observe(outcome.seconds)
+        self.update_index_gauges()
         self.log.info("image %s (%r) stored: %d faces, %d matching images, %.2fs",
                       h, name, len(found.boxes), len(outcome.matches), outcome.seconds)
         return outcome

@@ -11,7 +11,7 @@ import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from facerec import faces
+from facerec import faces, metrics
 from facerec.broker import Broker
 from facerec.errors import (BrokerUnavailable, FetchError, ForbiddenURL, InvalidImage,
                             InvalidMessage)
@@ -20,13 +20,18 @@ from facerec.messages import MAX_NAME_LENGTH, ImageMessage, is_image_hash
 from facerec.settings import Settings
 from facerec.store import Store
 from facerec.topiclog import setup_logging
+from rest.openapi import SPEC
 
-# Errors of ours, mapped once to an HTTP status.
-_STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (ForbiddenURL, 400), (InvalidMessage, 400), (InvalidImage, 400), (FetchError, 422),
-    (BrokerUnavailable, 503), (redis.RedisError, 503),
+# Errors of ours, mapped once to an HTTP status and a metrics label.
+_STATUS: tuple[tuple[type[Exception], int, str], ...] = (
+    (ForbiddenURL, 400, "forbidden_url"), (InvalidMessage, 400, "invalid_name"),
+    (InvalidImage, 400, "invalid_image"), (FetchError, 422, "fetch_failed"),
+    (BrokerUnavailable, 503, "broker_unavailable"), (redis.RedisError, 503, "redis_unavailable"),
 )
-_OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})
+_REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
+            415: "unsupported_type", 422: "not_an_image"}
+OUTCOME_HEADER = "X-Facerec-Outcome"  # queued | duplicate | known_url
+_OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
 class ApiError(Exception):
@@ -60,16 +65,24 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise ApiError(413, f"image larger than the cap of {cap} bytes")
         return data
 
+    def answer(image_hash: str, outcome: str) -> Response:
+        # The body stays the lab's {"hash": ...}; the header tells clients what happened.
+        response = jsonify(hash=image_hash)
+        response.headers[OUTCOME_HEADER] = outcome
+        return response
+
     def queue_image(data: bytes, name: str, kind: str) -> Response:
         msg = ImageMessage.for_image(data, name, kind)
         g.detail = f"hash {msg.image_hash}, {len(data)} bytes"
         if store.add_name_if_processed(msg.image_hash, name):
             g.detail += ", already processed: name added"
-            return jsonify(hash=msg.image_hash)
+            metrics.SCANS_ACCEPTED.labels(kind, "duplicate").inc()
+            return answer(msg.image_hash, "duplicate")
         broker().publish_image(msg)
         store.mark_queued(msg.image_hash, name)
         g.detail += ", queued"
-        return jsonify(hash=msg.image_hash)
+        metrics.SCANS_ACCEPTED.labels(kind, "queued").inc()
+        return answer(msg.image_hash, "queued")
 
     @app.before_request
     def start_and_authorize() -> None:
@@ -82,6 +95,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def log_call(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUEST_SECONDS.labels(request.method, route).observe(
+            time.perf_counter() - g.get("start", time.perf_counter()))
+        if request.path.startswith("/scan/") and response.status_code >= 400:
+            kind = "url" if request.path == "/scan/url" else "upload"
+            reason = g.get("reason") or _REASONS.get(response.status_code,
+                                                     str(response.status_code))
+            metrics.SCANS_REJECTED.labels(kind, reason).inc()
         if request.path not in _OPEN_PATHS:
             ms = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
             log.info("%s %s -> %d (%.1f ms)", request.method, request.path,
@@ -98,11 +119,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         g.detail = exc.description or ""
-        return jsonify(error=exc.description or exc.name), exc.code or 500
+        response = jsonify(error=exc.description or exc.name)
+        for key, value in exc.get_headers():  # e.g. Allow on 405
+            if key.lower() not in ("content-type", "content-length"):
+                response.headers[key] = value
+        return response, exc.code or 500
 
-    for error_type, status in _STATUS:
-        def handler(exc: Exception, status: int = status) -> tuple[Response, int]:
+    for error_type, status, reason in _STATUS:
+        def handler(exc: Exception, status: int = status,
+                    reason: str = reason) -> tuple[Response, int]:
             g.detail = repr(exc)
+            g.reason = reason
             message = str(exc) if status != 503 else f"service unavailable: {exc}"
             return jsonify(error=message), status
         app.register_error_handler(error_type, handler)
@@ -125,6 +152,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         ready = all(checks.values())
         return jsonify(ready=ready, **checks), 200 if ready else 503
 
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(SPEC)
+
+    @app.get("/metrics")
+    def metrics_text() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
     @app.post("/scan/image/<path:filename>")
     def scan_image(filename: str) -> Response:
         if len(filename) > MAX_NAME_LENGTH:
@@ -145,7 +181,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         known = store.hash_for_name(url)
         if known:
             g.detail = f"hash {known}: URL already scanned, not fetched again"
-            return jsonify(hash=known)
+            metrics.SCANS_ACCEPTED.labels("url", "known_url").inc()
+            return answer(known, "known_url")
         data = fetcher.fetch(url)
         try:
             faces.validate(data, settings.max_image_pixels)

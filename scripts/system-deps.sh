@@ -10,6 +10,12 @@ for cmd in redis-server rabbitmq-server rabbitmqctl shellcheck; do
     # rabbitmq's tools live in /usr/sbin, which a non-root PATH may lack.
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${package[$cmd]}")
 done
+# kubectl renders the manifests in tests/deploy; Debian has no package for it.
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "kubectl is needed by the deployment tests: install it from" >&2
+    echo "  https://kubernetes.io/docs/tasks/tools/ (or: snap install kubectl --classic)" >&2
+    exit 1
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 

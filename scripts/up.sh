@@ -26,7 +26,7 @@ start logs "$PY" -m logs
 start rest env HOST=127.0.0.1 PORT="$PORT" "$PY" -m rest
 for i in $(seq 1 "$WORKERS"); do
     start "worker$i" env WORKER_HEARTBEAT_FILE="$PWD/$RUN/worker$i.heartbeat" \
-        "$PY" -m worker
+        METRICS_PORT=$((9100 + i)) "$PY" -m worker
 done
 
 for _ in $(seq 1 120); do

@@ -149,6 +149,7 @@ class Env:
     settings: Settings
     redis: RedisServer
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _metrics_ports: dict[int, int] = field(default_factory=dict)
 
     def environ(self, **extra: str) -> dict[str, str]:
         s = self.settings
@@ -156,7 +157,8 @@ class Env:
         env.update(REDIS_HOST=s.redis_host, REDIS_PORT=str(s.redis_port),
                    RABBITMQ_HOST=s.rabbitmq_host, RABBITMQ_PORT=str(s.rabbitmq_port),
                    RABBITMQ_VHOST=s.rabbitmq_vhost, PYTHONUNBUFFERED="1",
-                   WORKER_HEARTBEAT_FILE=tempfile.mktemp(prefix="facerec-hb-"))
+                   WORKER_HEARTBEAT_FILE=tempfile.mktemp(prefix="facerec-hb-"),
+                   METRICS_PORT=str(free_port()))
         env.update(extra)
         return env
 
@@ -171,10 +173,14 @@ class Env:
             b.close()
 
     def start_worker(self, **extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT,
-                                env=self.environ(**extra))
+        environ = self.environ(**extra)
+        proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=environ)
         self.procs.append(proc)
+        self._metrics_ports[proc.pid] = int(environ["METRICS_PORT"])
         return proc
+
+    def worker_metrics_port(self, proc: subprocess.Popen[bytes]) -> int:
+        return self._metrics_ports[proc.pid]
 
     def start_rest(self, **extra: str) -> str:
         port = free_port()

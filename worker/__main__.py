@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from facerec import faces
+from facerec import faces, metrics
 from facerec.messages import ImageMessage
 from facerec.pipeline import Processor
 from facerec.settings import Settings
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                "upload"))
             print(json.dumps(outcome.as_dict()))
         return 0
+    metrics.serve(settings.metrics_port)
     Worker(processor, log).run()
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from facerec import metrics
 from facerec.broker import AMQP_ERRORS, IMAGE_QUEUE, MAX_DELIVERIES, Broker, delivery_attempt
 from facerec.errors import BrokerUnavailable, InvalidMessage, PermanentError, TransientError
 from facerec.messages import ImageMessage
@@ -111,6 +112,8 @@ class Worker:
                     props: pika.BasicProperties, body: bytes) -> None:
         self._busy += 1
         attempt = delivery_attempt(props.headers)
+        if attempt > 1:
+            metrics.REDELIVERIES.inc()
         future = self._executor.submit(self.handle, props, body, attempt)
         connection = self.broker.connection
         future.add_done_callback(lambda f: connection.add_callback_threadsafe(
@@ -153,8 +156,10 @@ class Worker:
             self.log.info("delivery %d returned to the queue: %r", tag, exc)
             verdict = Verdict("requeue")
         if verdict.action == "requeue":
+            metrics.IMAGES.labels("requeued").inc()
             channel.basic_nack(tag, requeue=True)
             return
         if verdict.action == "dead":
+            metrics.IMAGES.labels("failed").inc()
             self.broker.publish_dead(props.headers, props.content_type, body, verdict.reason)
         channel.basic_ack(tag)

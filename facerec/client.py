@@ -1,0 +1,63 @@
+"""A small HTTP client of the REST API, used by the `facerec` command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+OUTCOME_HEADER = "X-Facerec-Outcome"
+
+
+class ClientError(Exception):
+    """A request failed: the message is one line meant for a person."""
+
+
+@dataclass(frozen=True)
+class Scanned:
+    image_hash: str
+    outcome: str  # queued | duplicate | known_url (see rest.app)
+
+
+class Client:
+    """Thread-safe (httpx pools connections); one per command."""
+
+    def __init__(self, base_url: str, token: str = "", timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ClientError(f"cannot reach facerec at {self.base_url} (is it running? "
+                              f"`make up`, or set --rest / FACEREC_URL)") from None
+        except httpx.HTTPError as exc:
+            raise ClientError(f"request to {self.base_url}{path} failed: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                reason = response.json().get("error", response.text)
+            except ValueError:
+                reason = response.text.strip() or response.reason_phrase
+            raise ClientError(f"HTTP {response.status_code}: {reason}")
+        return response
+
+    def _scanned(self, response: httpx.Response) -> Scanned:
+        return Scanned(response.json()["hash"], response.headers.get(OUTCOME_HEADER, "queued"))
+
+    def scan_bytes(self, name: str, data: bytes) -> Scanned:
+        return self._scanned(self._request("POST", f"/scan/image/{name}", content=data))
+
+    def scan_url(self, url: str) -> Scanned:
+        return self._scanned(self._request("POST", "/scan/url", json={"url": url}))
+
+    def match(self, image_hash: str) -> list[str]:
+        return list(self._request("GET", f"/match/{image_hash}").json())
+
+    def image(self, image_hash: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/image/{image_hash}").json())

@@ -1,0 +1,126 @@
+"""The OpenAPI 3 description of the REST API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from facerec import __version__
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_HASH_PARAM = {"name": "image_hash", "in": "path", "required": True,
+               "description": "SHA-256 of the image bytes, 64 lowercase hex digits",
+               "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_SCANNED = {
+    "description": "The image is queued (publisher confirm received) or already known",
+    "headers": {"X-Facerec-Outcome": {"description": "queued, duplicate or known_url",
+                                      "schema": {"type": "string",
+                                                 "enum": ["queued", "duplicate",
+                                                          "known_url"]}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Hash"}}},
+}
+# gunicorn answers a request line over 4094 bytes itself, in HTML, before the app runs.
+_URI_TOO_LONG = {"414": {"description": "request line too long (answered by gunicorn)",
+                         "content": {"text/html": {"schema": {"type": "string"}}}}}
+_AUTH_AND_BROKER = {"401": _error("API_TOKEN is set and the bearer token is missing or wrong"),
+                    "503": _error("RabbitMQ or Redis unavailable; nothing was queued")}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "facerec", "version": __version__,
+             "description": "Scan images for faces and find the images with matching faces."},
+    "paths": {
+        "/": {"get": {"summary": "Service banner (load-balancer probe)", "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["service", "status"],
+                "properties": {"service": {"type": "string"},
+                               "status": {"type": "string"}}}}}}}}},
+        "/healthz": {"get": {"summary": "Liveness: the process answers", "responses": {
+            "200": {"description": "alive", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status"],
+                "properties": {"status": {"type": "string"}}}}}}}}},
+        "/readyz": {"get": {"summary": "Readiness: Redis and RabbitMQ reachable", "responses": {
+            "200": {"description": "ready", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Readiness"}}}},
+            "503": {"description": "not ready", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Readiness"}}}}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/scan/image/{filename}": {"post": {
+            "summary": "Scan an uploaded image; the body is the raw image bytes",
+            "parameters": [{"name": "filename", "in": "path", "required": True,
+                            "description": "the name recorded for this image",
+                            "schema": {"type": "string", "minLength": 1,
+                                       "maxLength": 2048}}],
+            "requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                        "minLength": 1}},
+                "image/*": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
+            "responses": {"200": _SCANNED,
+                          "400": _error("empty body, or not a decodable JPEG/PNG/WebP/BMP/TIFF"),
+                          "413": _error("larger than MAX_UPLOAD_BYTES"),
+                          **_URI_TOO_LONG, **_AUTH_AND_BROKER}}},
+        "/scan/url": {"post": {
+            "summary": "Fetch an image by URL and scan it",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["url"],
+                "properties": {"url": {"type": "string", "format": "uri",
+                                       "description": "http or https URL"}}}}}},
+            "responses": {"200": _SCANNED,
+                          "400": _error("missing or malformed URL, scheme not http(s), or a "
+                                        "host that resolves to a non-public address"),
+                          "413": _error("request body larger than MAX_UPLOAD_BYTES"),
+                          "422": _error("the URL could not be fetched or is not an image"),
+                          **_AUTH_AND_BROKER}}},
+        "/match/{image_hash}": {"get": {
+            "summary": "Names of the other images with a face matching one in this image",
+            "parameters": [_HASH_PARAM],
+            "responses": {"200": {"description": "names; [] when unknown or without faces",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "array", "items": {"type": "string"}}}}},
+                          "400": _error("not a SHA-256 hex digest"),
+                          **_URI_TOO_LONG, "503": _error("Redis unavailable")}}},
+        "/image/{image_hash}": {"get": {
+            "summary": "Status, faces, names and matches of one image",
+            "parameters": [_HASH_PARAM],
+            "responses": {"200": {"description": "what is known", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}},
+                          "400": _error("not a SHA-256 hex digest"),
+                          "404": _error("never scanned"),
+                          **_URI_TOO_LONG, "503": _error("Redis unavailable")}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {
+            "200": {"description": "OpenAPI 3 document",
+                    "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "string"}}},
+        "Hash": {"type": "object", "required": ["hash"],
+                 "properties": {"hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+        "Readiness": {"type": "object", "required": ["ready", "redis", "rabbitmq"],
+                      "properties": {"ready": {"type": "boolean"},
+                                     "redis": {"type": "boolean"},
+                                     "rabbitmq": {"type": "boolean"}}},
+        "Image": {"type": "object", "required": ["hash", "status", "names", "faces", "matches"],
+                  "properties": {
+                      "hash": {"type": "string"},
+                      "status": {"type": "string", "enum": ["queued", "done", "failed"]},
+                      "reason": {"type": "string"},
+                      "names": {"type": "array", "items": {"type": "string"}},
+                      "faces": {"type": "array", "items": {
+                          "type": "object", "required": ["top", "right", "bottom", "left"],
+                          "properties": {k: {"type": "integer"}
+                                         for k in ("top", "right", "bottom", "left")}}},
+                      "matches": {"type": "array", "items": {
+                          "type": "object", "required": ["hash", "names", "distance"],
+                          "properties": {"hash": {"type": "string"},
+                                         "names": {"type": "array",
+                                                   "items": {"type": "string"}},
+                                         "distance": {"type": "number", "nullable": True}}}}}},
+    }},
+}
