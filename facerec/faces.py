@@ -59,6 +59,14 @@ def validate(data: bytes, max_pixels: int) -> str:
     return str(img.format)
 
 
+def image_format(data: bytes) -> str | None:
+    """The format name (JPEG, PNG, ...) of image bytes, read from the header only."""
+    try:
+        return Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS)).format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode to an RGB uint8 array, upright per EXIF, alpha dropped, 16-bit reduced."""
     img = _open(data, max_pixels)

@@ -1,5 +1,9 @@
 """The image message: a small versioned header (AMQP headers table) and the raw bytes.
 
+Schema 1 carries the image bytes as the body. Schema 2 (IMAGE_STORE set: claim check)
+carries an empty body and a `ref` header naming the stored object; the worker reads the
+bytes from its own store and checks their hash (facerec.imagestore).
+
 Nothing in a message is ever unpickled or JSON-decoded into objects: the header is a flat
 table of strings and integers, checked field by field, and the body is only ever handed to
 the image decoder after its SHA-256 matches the header.
@@ -14,7 +18,8 @@ from typing import Any, Mapping
 
 from facerec.errors import InvalidMessage
 
-SCHEMA_VERSION = 1
+INLINE_SCHEMA = 1
+STORED_SCHEMA = 2
 CONTENT_TYPE = "application/octet-stream"
 KINDS = frozenset({"upload", "url"})
 MAX_NAME_LENGTH = 2048
@@ -35,6 +40,7 @@ class ImageMessage:
     name: str
     kind: str
     body: bytes
+    ref: str = ""  # where the bytes are stored (schema 2); "" when they are the body
 
     @classmethod
     def for_image(cls, body: bytes, name: str, kind: str) -> "ImageMessage":
@@ -42,9 +48,23 @@ class ImageMessage:
         msg.check()
         return msg
 
+    def stored_at(self, ref: str) -> "ImageMessage":
+        """The schema-2 form of this message: no body, a reference instead."""
+        return ImageMessage(self.image_hash, self.name, self.kind, b"", ref)
+
+    def with_body(self, body: bytes) -> "ImageMessage":
+        """The message with the bytes read back from the store, checked against the hash."""
+        msg = ImageMessage(self.image_hash, self.name, self.kind, body)
+        msg.check()
+        return msg
+
     def headers(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "hash": self.image_hash, "name": self.name,
-                "kind": self.kind}
+        headers: dict[str, Any] = {"schema": STORED_SCHEMA if self.ref else INLINE_SCHEMA,
+                                   "hash": self.image_hash, "name": self.name,
+                                   "kind": self.kind}
+        if self.ref:
+            headers["ref"] = self.ref
+        return headers
 
     def check(self) -> None:
         if not is_image_hash(self.image_hash):
@@ -53,6 +73,12 @@ class ImageMessage:
             raise InvalidMessage(f"header name must have 1 to {MAX_NAME_LENGTH} characters")
         if self.kind not in KINDS:
             raise InvalidMessage(f"header kind must be one of {sorted(KINDS)}")
+        if self.ref:
+            if self.body:
+                raise InvalidMessage("a message with a ref must have an empty body")
+            if len(self.ref) > MAX_NAME_LENGTH:
+                raise InvalidMessage("header ref is too long")
+            return
         if not self.body:
             raise InvalidMessage("empty body")
         if sha256_hex(self.body) != self.image_hash:
@@ -66,10 +92,12 @@ class ImageMessage:
             raise InvalidMessage(f"content type {content_type!r} is not {CONTENT_TYPE}")
         if not isinstance(headers, Mapping):
             raise InvalidMessage("message has no headers")
-        if headers.get("schema") != SCHEMA_VERSION:
-            raise InvalidMessage(f"unsupported schema {headers.get('schema')!r}")
+        schema = headers.get("schema")
+        if schema not in (INLINE_SCHEMA, STORED_SCHEMA) or isinstance(schema, bool):
+            raise InvalidMessage(f"unsupported schema {schema!r}")
+        keys = ("hash", "name", "kind") + (("ref",) if schema == STORED_SCHEMA else ())
         fields = {}
-        for key in ("hash", "name", "kind"):
+        for key in keys:
             value = headers.get(key)
             if isinstance(value, bytes):
                 try:
@@ -79,6 +107,9 @@ class ImageMessage:
             if not isinstance(value, str):
                 raise InvalidMessage(f"header {key} missing or not a string")
             fields[key] = value
-        msg = cls(fields["hash"], fields["name"], fields["kind"], bytes(body))
+        msg = cls(fields["hash"], fields["name"], fields["kind"], bytes(body),
+                  fields.get("ref", ""))
+        if schema == STORED_SCHEMA and not msg.ref:
+            raise InvalidMessage("schema 2 needs a non-empty ref")
         msg.check()
         return msg

@@ -17,6 +17,9 @@ SCANS_ACCEPTED = Counter("facerec_scans_accepted_total",
                          "Scans answered with a hash", ["kind", "outcome"])
 SCANS_REJECTED = Counter("facerec_scans_rejected_total",
                          "Scans refused, by reason", ["kind", "reason"])
+STORE_UPLOADS = Counter("facerec_store_uploads_total",
+                        "Images written to the image store (uploaded) or found there (existed)",
+                        ["outcome"])
 REQUEST_SECONDS = Histogram("facerec_http_request_seconds", "REST request latency",
                             ["method", "route"],
                             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))

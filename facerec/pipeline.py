@@ -23,6 +23,7 @@ import redis
 from facerec import faces as face_ops
 from facerec import metrics
 from facerec.errors import TransientError
+from facerec.imagestore import ImageStore, InlineStore, StoreUnavailable, check_ref
 from facerec.matcher import FaceIndex
 from facerec.messages import ImageMessage
 from facerec.settings import Settings
@@ -30,6 +31,8 @@ from facerec.store import Match, Store
 
 T = TypeVar("T")
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Outages waited out in place: they say nothing about the image, so they use no attempt.
+RETRIED_ERRORS = (*REDIS_ERRORS, StoreUnavailable)
 
 
 def inject_fault(point: str, name: str) -> None:
@@ -77,23 +80,26 @@ class Processor:
     """Owns a worker's face index and turns image messages into committed results."""
 
     def __init__(self, settings: Settings, store: Store, log: logging.Logger | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 images: ImageStore | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.images = images or InlineStore()
         self.index = FaceIndex()
         self.log = log or logging.getLogger("facerec.worker")
         self.stop = stop or threading.Event()
 
-    def with_redis(self, what: str, fn: Callable[[], T]) -> T:
-        """Run fn, waiting out Redis outages (restarts, failovers) with backoff."""
+    def with_retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Run fn, waiting out Redis and image-store outages with backoff."""
         delay = 0.25
         while True:
             try:
                 return fn()
-            except REDIS_ERRORS as exc:
+            except RETRIED_ERRORS as exc:
                 if self.stop.is_set():
-                    raise TransientError(f"Redis unavailable during {what}: {exc}") from exc
-                self.log.info("Redis unavailable during %s (%s); retrying in %.1fs",
+                    raise TransientError(f"unavailable during {what}: {exc}") from exc
+                self.log.info("%s unavailable during %s (%s); retrying in %.1fs",
+                              "image store" if isinstance(exc, StoreUnavailable) else "Redis",
                               what, exc, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -111,7 +117,7 @@ class Processor:
                 self.index.epoch = epoch
             self.index.extend(self.store.face_log_since(self.index.version))
             return rebuilt
-        return self.with_redis("index sync", load)
+        return self.with_retry("index sync", load)
 
     def update_index_gauges(self) -> None:
         metrics.INDEX_FACES.set(self.index.n_faces)
@@ -128,10 +134,17 @@ class Processor:
         """Process one validated image message. Raises InvalidImage for bad bytes."""
         start = time.monotonic()
         h = msg.image_hash
-        if self.with_redis("dedup check", lambda: self.store.add_name_if_processed(h, msg.name)):
+        stored = bool(msg.ref)
+        if stored:
+            check_ref(self.images, h, msg.ref)
+        if self.with_retry("dedup check",
+                           lambda: self.store.add_name_if_processed(h, msg.name)):
             self.log.info("image %s already processed: added name %r", h, msg.name)
             metrics.IMAGES.labels("duplicate").inc()
+            self.discard_stored(h, stored)
             return Outcome(h, "duplicate", seconds=time.monotonic() - start)
+        if stored:
+            msg = msg.with_body(self.with_retry("image download", lambda: self.images.get(h)))
         self.log.debug("image %s (%r, %d bytes): decoding", h, msg.name, len(msg.body))
         rgb = face_ops.decode(msg.body, self.settings.max_image_pixels)
         found = face_ops.find_faces(rgb, self.settings.detection_model,
@@ -141,7 +154,14 @@ class Processor:
         inject_fault("before_commit", msg.name)
         outcome = self.commit_faces(h, msg.name, found, start)
         inject_fault("after_commit", msg.name)
+        self.discard_stored(h, stored)
         return outcome
+
+    def discard_stored(self, image_hash: str, stored: bool) -> None:
+        """Delete a processed image from the store unless IMAGE_STORE_KEEP says keep it."""
+        if stored and not self.settings.image_store_keep:
+            self.with_retry("image delete", lambda: self.images.delete(image_hash))
+            self.log.debug("image %s: deleted from the store", image_hash)
 
     def commit_faces(self, h: str, name: str, found: face_ops.Faces,
                      start: float | None = None) -> Outcome:
@@ -160,7 +180,7 @@ class Processor:
                     found.encodings, self.settings.match_tolerance, exclude=h,
                     start_face=searched_from))
             epoch, version = self.index.epoch, self.index.version
-            result = self.with_redis("commit", lambda: self.store.commit(
+            result = self.with_retry("commit", lambda: self.store.commit(
                 h, [name], found.encodings, found.boxes, outcome.matches.values(),
                 epoch, version))
             if result.status == "ok":

@@ -49,6 +49,10 @@ class Settings:
     # Networks URL fetching may reach although they are not public (tests, private setups).
     fetch_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     api_token: str = ""
+    # inline | gs://bucket[/prefix] | file:///dir (see facerec.imagestore)
+    image_store: str = "inline"
+    # Keep stored images after processing (GET /image/<hash>/content) or delete them.
+    image_store_keep: bool = True
 
     # Deliveries of one message before it is dead-lettered (the broker counts crashes too).
     max_deliveries: int = 5
@@ -73,6 +77,10 @@ class Settings:
                 values[f.name] = int(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)
+            elif f.type in ("bool", bool):
+                if raw.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(f"{f.name.upper()} must be true or false, not {raw!r}")
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes")
             else:
                 values[f.name] = raw
         values.update(overrides)

@@ -16,6 +16,7 @@ from facerec.broker import Broker
 from facerec.errors import (BrokerUnavailable, FetchError, ForbiddenURL, InvalidImage,
                             InvalidMessage)
 from facerec.fetch import Fetcher, check_url
+from facerec.imagestore import StoreUnavailable, open_store
 from facerec.messages import MAX_NAME_LENGTH, ImageMessage, is_image_hash
 from facerec.settings import Settings
 from facerec.store import Store
@@ -27,6 +28,7 @@ _STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (ForbiddenURL, 400, "forbidden_url"), (InvalidMessage, 400, "invalid_name"),
     (InvalidImage, 400, "invalid_image"), (FetchError, 422, "fetch_failed"),
     (BrokerUnavailable, 503, "broker_unavailable"), (redis.RedisError, 503, "redis_unavailable"),
+    (StoreUnavailable, 503, "store_unavailable"),
 )
 _REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
             415: "unsupported_type", 422: "not_an_image"}
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     log = setup_logging(settings, "rest")
     store = Store(settings)
+    images = open_store(settings)
     fetcher = Fetcher(settings.max_upload_bytes, settings.fetch_timeout,
                       settings.fetch_max_redirects, settings.fetch_allow_networks)
     local = threading.local()  # pika connections are not thread-safe: one per thread
@@ -78,6 +81,12 @@ def create_app(settings: Settings | None = None) -> Flask:
             g.detail += ", already processed: name added"
             metrics.SCANS_ACCEPTED.labels(kind, "duplicate").inc()
             return answer(msg.image_hash, "duplicate")
+        if not images.inline:
+            # Claim check: the object exists before the message that names it.
+            uploaded = images.put(msg.image_hash, data)
+            metrics.STORE_UPLOADS.labels("uploaded" if uploaded else "existed").inc()
+            g.detail += ", uploaded" if uploaded else ", already in the store"
+            msg = msg.stored_at(images.ref(msg.image_hash))
         broker().publish_image(msg)
         store.mark_queued(msg.image_hash, name)
         g.detail += ", queued"
@@ -205,5 +214,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         if view is None:
             raise ApiError(404, "no image with this hash was ever scanned")
         return jsonify(view)
+
+    @app.get("/image/<image_hash>/content")
+    def image_content(image_hash: str) -> Response:
+        checked_hash(image_hash)
+        if images.inline:
+            raise ApiError(404, "images are not stored (IMAGE_STORE=inline)")
+        data = images.read(image_hash)
+        if data is None:
+            raise ApiError(404, "no stored image with this hash")
+        kind = faces.image_format(data)
+        return Response(data, content_type=f"image/{kind.lower()}" if kind
+                        else "application/octet-stream")
 
     return app

@@ -93,6 +93,16 @@ SPEC: dict[str, Any] = {
                           "400": _error("not a SHA-256 hex digest"),
                           "404": _error("never scanned"),
                           **_URI_TOO_LONG, "503": _error("Redis unavailable")}}},
+        "/image/{image_hash}/content": {"get": {
+            "summary": "The stored image itself (IMAGE_STORE set and IMAGE_STORE_KEEP true)",
+            "parameters": [_HASH_PARAM],
+            "responses": {"200": {"description": "the image bytes", "content": {
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+                          "400": _error("not a SHA-256 hex digest"),
+                          "404": _error("images are not stored, or not this one"),
+                          **_URI_TOO_LONG, "503": _error("image store unavailable")}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3 document",
                     "content": {"application/json": {"schema": {"type": "object"}}}}}}},

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from facerec import faces, metrics
+from facerec.imagestore import open_store
 from facerec.messages import ImageMessage
 from facerec.pipeline import Processor
 from facerec.settings import Settings
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log = setup_logging(settings, "worker")
     store = Store(settings)
-    processor = Processor(settings, store, log)
+    processor = Processor(settings, store, log, images=open_store(settings))
     faces.load_models()
     processor.load_index()
     if args.file:

@@ -140,7 +140,7 @@ class Worker:
                               msg.image_hash, attempt, MAX_DELIVERIES, exc, exc_info=True)
                 return Verdict("requeue")
             reason = f"failed {attempt} times, last: {exc!r}"
-        self.processor.with_redis("mark failed", lambda: self.processor.store.mark_failed(
+        self.processor.with_retry("mark failed", lambda: self.processor.store.mark_failed(
             msg.image_hash, msg.name, reason))
         self.log.info("image %s (%r) failed: %s; dead-lettered", msg.image_hash, msg.name, reason)
         return Verdict("dead", reason)
