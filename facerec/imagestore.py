@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -69,10 +70,26 @@ class InlineStore:
         pass
 
 
-class LocalStore:
-    """Objects as files <root>/<hash>; written to a temporary file, then renamed."""
+class _ObjectStore(ABC):
+    """What stores that keep objects share: get() is read() that must find the object."""
 
     inline = False
+
+    @abstractmethod
+    def ref(self, image_hash: str) -> str: ...
+
+    @abstractmethod
+    def read(self, image_hash: str) -> bytes | None: ...
+
+    def get(self, image_hash: str) -> bytes:
+        data = self.read(image_hash)
+        if data is None:
+            raise ImageMissing(f"no stored image {self.ref(image_hash)}")
+        return data
+
+
+class LocalStore(_ObjectStore):
+    """Objects as files <root>/<hash>; written to a temporary file, then renamed."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -94,12 +111,6 @@ class LocalStore:
             raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
         return True
 
-    def get(self, image_hash: str) -> bytes:
-        data = self.read(image_hash)
-        if data is None:
-            raise ImageMissing(f"no stored image {self.ref(image_hash)}")
-        return data
-
     def read(self, image_hash: str) -> bytes | None:
         try:
             return (self.root / image_hash).read_bytes()
@@ -112,10 +123,8 @@ class LocalStore:
         (self.root / image_hash).unlink(missing_ok=True)
 
 
-class GCSStore:
+class GCSStore(_ObjectStore):
     """Objects gs://bucket/prefix/<hash> in Google Cloud Storage."""
-
-    inline = False
 
     def __init__(self, bucket: str, prefix: str, timeout: float = 10.0) -> None:
         from google.cloud import storage  # only deployments that use GCS pay the import
@@ -158,12 +167,6 @@ class GCSStore:
         except Exception as exc:  # noqa: BLE001 - google-cloud raises many types
             raise StoreUnavailable(f"upload to {self.ref(image_hash)} failed: {exc}") from exc
         return True
-
-    def get(self, image_hash: str) -> bytes:
-        data = self.read(image_hash)
-        if data is None:
-            raise ImageMissing(f"no stored image {self.ref(image_hash)}")
-        return data
 
     def read(self, image_hash: str) -> bytes | None:
         from google.api_core import exceptions
