@@ -4,6 +4,7 @@
     facerec match HASH|FILE [-v]
     facerec status HASH
     facerec logs [PATTERN]
+    facerec dead list | requeue
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
 from facerec.client import Client, ClientError
+from facerec.errors import BrokerUnavailable
 from facerec.messages import is_image_hash, sha256_hex
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -288,10 +290,50 @@ def logs(ctx: Ctx, pattern: str, seconds: float | None) -> None:
         pass
 
 
+@cli.group()
+def dead() -> None:
+    """The dead-letter queue (RABBITMQ_* settings): images that could not be processed."""
+
+
+@dead.command("list")
+@click.option("--limit", type=int, default=None, help="show at most this many")
+@click.pass_obj
+def dead_list(ctx: Ctx, limit: int | None) -> None:
+    """Show each dead letter: hash, name, deliveries and reason (the queue is unchanged)."""
+    from facerec.deadletters import list_dead
+    from facerec.settings import Settings
+
+    letters = list_dead(Settings.from_env(), limit)
+    if ctx.as_json:
+        out.print_json(json.dumps([{"hash": d.image_hash or None, "name": d.name or None,
+                                    "deliveries": d.count, "reason": d.reason}
+                                   for d in letters]))
+        return
+    for d in letters:
+        out.print(f"{d.image_hash[:12] or '-':<12}  {d.name or '-'}  "
+                  f"(deliveries: {d.count or '?'})  {d.reason}", highlight=False)
+    err.print(f"{len(letters)} dead letter(s)", highlight=False)
+
+
+@dead.command("requeue")
+@click.option("--limit", type=int, default=None, help="requeue at most this many")
+@click.pass_obj
+def dead_requeue(ctx: Ctx, limit: int | None) -> None:
+    """Send dead letters back to the workers, with their full number of attempts."""
+    from facerec.deadletters import requeue_dead
+    from facerec.settings import Settings
+
+    moved = requeue_dead(Settings.from_env(), limit)
+    if ctx.as_json:
+        out.print_json(json.dumps({"requeued": moved}))
+    else:
+        err.print(f"requeued {moved} dead letter(s)", highlight=False)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
-    except ClientError as exc:
+    except (ClientError, BrokerUnavailable) as exc:
         err.print(f"facerec: {exc}", highlight=False, markup=False)
         sys.exit(1)
     except click.exceptions.Abort:

@@ -3,17 +3,20 @@
 Every hop's host is resolved once, every resolved address must be public (or inside an
 explicitly allowed network), and the connection goes to that vetted address — so a DNS
 answer cannot change between the check and the connect. Redirects are followed by hand,
-each hop checked the same way; connect and read time out, the whole fetch has a deadline,
-and the body is cut off at the byte cap.
+each hop checked the same way; connect and read time out, the whole fetch has a deadline
+that every single read honours (a server trickling its headers or body a byte at a time
+is cut off when it passes), and the body is cut off at the byte cap.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
+import re
 import socket
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 from facerec.errors import FetchError, ForbiddenURL
@@ -24,12 +27,16 @@ Resolver = Callable[[str, int], list[str]]
 _CHUNK = 64 * 1024
 _METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog",
                              "instance-data", "instance-data.ec2.internal"})
+# NAT64's well-known prefix embeds an IPv4 address in its last 32 bits.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Whitespace and control characters: http.client would refuse them with a ValueError.
+_UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
 
 
 def system_resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise FetchError(f"cannot resolve {host!r}: {exc}") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -38,16 +45,32 @@ def is_public(ip: IPAddress) -> bool:
     """True for a globally routable unicast address (IPv4 embedded in IPv6 checked too)."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None and not is_public(embedded):
+            return False
+        if ip.is_site_local:  # deprecated fec0::/10, still routed inside some networks
             return False
     return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
                 or ip.is_reserved or ip.is_unspecified or not ip.is_global)
+
+
+def legacy_ipv4_spelling(host: str) -> bool:
+    """True for a host that inet_aton reads as an IPv4 address but is not a dotted quad:
+    2130706433, 0x7f.1, 017700000001, 127.1 — spellings getaddrinfo would also accept."""
+    try:
+        packed = socket.inet_aton(host)
+    except (OSError, ValueError):
+        return False
+    return socket.inet_ntoa(packed) != host
 
 
 def check_url(url: str) -> tuple[str, str, int]:
     """Return (scheme, host, port) of an acceptable http(s) URL, else raise ForbiddenURL."""
     if not isinstance(url, str) or not url or len(url) > 2048:
         raise ForbiddenURL("url must be a non-empty string of at most 2048 characters")
+    if _UNSAFE_URL_CHARS.search(url):
+        raise ForbiddenURL("URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -62,6 +85,9 @@ def check_url(url: str) -> tuple[str, str, int]:
     host = parts.hostname.rstrip(".").lower()
     if host in _METADATA_HOSTS:
         raise ForbiddenURL(f"host {host!r} is a cloud metadata service")
+    if legacy_ipv4_spelling(host):
+        # Not a DNS name: refuse it outright rather than trust every resolver to agree.
+        raise ForbiddenURL(f"host {host!r} is an IPv4 address in a non-standard spelling")
     return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
 
@@ -77,7 +103,10 @@ class Fetcher:
 
     def vet(self, host: str, port: int) -> str:
         """Resolve host and return the address to connect to; refuse internal ones."""
-        addresses = self.resolve(host, port)
+        try:
+            addresses = [str(ipaddress.ip_address(host))]  # a literal: nothing to resolve
+        except ValueError:
+            addresses = self.resolve(host, port)
         if not addresses:
             raise FetchError(f"{host!r} has no address")
         for text in addresses:
@@ -92,13 +121,7 @@ class Fetcher:
         for _hop in range(self.max_redirects + 1):
             scheme, host, port = check_url(url)
             address = self.vet(host, port)
-            conn_class = (http.client.HTTPSConnection if scheme == "https"
-                          else http.client.HTTPConnection)
-            conn = conn_class(host, port, timeout=self.timeout)
-            # Connect to the vetted address; TLS still verifies the certificate for `host`.
-            conn._create_connection = (  # type: ignore[attr-defined]
-                lambda _addr, timeout, source, a=address: socket.create_connection(
-                    (a, port), timeout, source))
+            conn = _connection(scheme, host, port, address, self.timeout, deadline)
             try:
                 parts = urlsplit(url)
                 target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -118,7 +141,8 @@ class Fetcher:
                     raise FetchError(f"remote image of {length} bytes exceeds the cap of "
                                      f"{self.max_bytes} bytes")
                 return self._read_capped(resp, deadline)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                # ValueError: http.client's own refusals (e.g. a control character).
                 raise FetchError(f"fetching failed: {exc!r}") from None
             finally:
                 conn.close()
@@ -128,12 +152,94 @@ class Fetcher:
         chunks: list[bytes] = []
         total = 0
         while True:
-            if time.monotonic() > deadline:
-                raise FetchError("fetch took too long (server too slow)")
-            chunk = resp.read1(_CHUNK)
+            chunk = resp.read1(_CHUNK)  # each socket read honours the deadline
             if not chunk:
                 return b"".join(chunks)
             total += len(chunk)
             if total > self.max_bytes:
                 raise FetchError(f"remote image exceeds the cap of {self.max_bytes} bytes")
             chunks.append(chunk)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The response stream http.client reads: every recv gets at most the time left."""
+
+    def __init__(self, sock: socket.socket, timeout: float, deadline: float) -> None:
+        super().__init__()
+        # The socket's own raw stream: it keeps the descriptor open after the connection
+        # object lets go of the socket (http.client hands it to the response that way).
+        self._raw = sock.makefile("rb", buffering=0)
+        self._sock, self._timeout, self._deadline = sock, timeout, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("fetch took too long (server too slow)")
+        self._sock.settimeout(min(self._timeout, left))
+        try:
+            return int(self._raw.readinto(buffer))
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                raise TimeoutError("fetch took too long (server too slow)") from None
+            raise
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """A connected socket whose makefile() stream honours the fetch's deadline."""
+
+    def __init__(self, sock: socket.socket, timeout: float, deadline: float) -> None:
+        self._sock, self._timeout, self._deadline = sock, timeout, deadline
+
+    def makefile(self, mode: str = "rb", *_args: object, **_kwargs: object) -> io.BufferedReader:
+        assert mode == "rb", mode
+        return io.BufferedReader(_DeadlineReader(self._sock, self._timeout, self._deadline))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _connection(scheme: str, host: str, port: int, address: str, timeout: float,
+                deadline: float) -> http.client.HTTPConnection:
+    """A connection to the vetted `address` (TLS still verifies the certificate for
+    `host`), whose connect and every read are bounded by `timeout` and by `deadline`."""
+    base = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+
+    class Connection(base):  # type: ignore[valid-type,misc]
+        def __init__(self) -> None:
+            super().__init__(host, port, timeout=timeout)
+            # http.client connects through this instance attribute (it would resolve
+            # `host` again): connect to the vetted address instead.
+            self._create_connection = self._connect_vetted
+
+        @staticmethod
+        def _connect_vetted(_address: object, _timeout: float,
+                            source: Any = None) -> socket.socket:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("fetch took too long (redirects)")
+            # A socket of the address's family, connected to the literal: no lookup at all.
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+            sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+            try:
+                sock.settimeout(min(timeout, left))
+                if source:
+                    sock.bind(source)
+                sock.connect((address, port))
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        def connect(self) -> None:
+            super().connect()
+            self.sock = _DeadlineSocket(self.sock, timeout, deadline)
+
+    return Connection()

@@ -100,3 +100,24 @@ def test_logs_tails_the_logs_exchange_with_a_pattern(env: Env) -> None:
     out, _ = tail.communicate(timeout=60)
     assert re.search(r"\.rest\.info INFO POST /scan/image/tail\.jpg -> 200", out), out
     assert ".rest.debug" not in out
+
+
+def test_dead_list_shows_reasons_and_requeue_sends_letters_back(env: Env) -> None:
+    from tests.test_worker import publish_raw
+
+    body = b"definitely not an image"
+    publish_raw(env, body, {"schema": 1, "hash": sha256_hex(body), "name": "junk.jpg",
+                            "kind": "upload"}, "application/octet-stream")
+    worker = env.start_worker()
+    wait_until(lambda: env.queue_depth("toWorker.images.dead") == 1, 60, "a dead letter")
+    env.stop(worker)
+    listed = facerec(env, "http://unused", "dead", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{sha256_hex(body)[:12]}  junk.jpg  (deliveries: 1)  not a decodable image" \
+        in listed.stdout
+    as_json = json.loads(facerec(env, "http://unused", "--json", "dead", "list").stdout)
+    assert [(d["name"], d["deliveries"]) for d in as_json] == [("junk.jpg", 1)]
+    moved = facerec(env, "http://unused", "--json", "dead", "requeue")
+    assert json.loads(moved.stdout) == {"requeued": 1}
+    assert env.queue_depth("toWorker.images.dead") == 0
+    assert env.queue_depth() == 1

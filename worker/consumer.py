@@ -126,6 +126,12 @@ class Worker:
         except InvalidMessage as exc:
             self.log.info("malformed message dead-lettered: %s", exc)
             return Verdict("dead", f"invalid message: {exc}")
+        if attempt >= MAX_DELIVERIES:
+            # If this last delivery also dies with the process, the broker dead-letters the
+            # message and no code of ours runs again: say so now (a success overwrites it).
+            self.processor.with_retry("mark failed", lambda: self.processor.store.mark_failed(
+                msg.image_hash, msg.name, f"delivered {attempt} times: the worker crashed or "
+                f"lost its connection on the earlier ones; last attempt"))
         try:
             self.processor.process(msg)
             return Verdict("ack")
