@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import os
 import shutil
 import signal
@@ -16,9 +17,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pika
 import redis
@@ -273,3 +276,48 @@ def http(method: str, url: str, data: bytes | None = None, json_body: object = N
     except ValueError:
         body = raw
     return Reply(status, body, rh)
+
+
+@contextmanager
+def image_server(body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server answering every GET with `body` as a JPEG.
+
+    Yields its base URL and the list of paths requested so far.
+    """
+    requested: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            requested.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def read_queue(settings: Settings, queue: str, consume: bool = False
+               ) -> list[tuple[dict[str, object], bytes]]:
+    """Every message in `queue` as (headers, body); left in place unless `consume`."""
+    conn = pika.BlockingConnection(amqp.connection_parameters(settings))
+    out: list[tuple[dict[str, object], bytes]] = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=consume)
+            if method is None:
+                return out
+            out.append((props.headers or {}, body))
+    finally:
+        conn.close()  # what was not acknowledged goes back to the queue

@@ -7,7 +7,7 @@ import pika
 from facerec import broker as amqp
 from facerec.deadletters import DeadLetter, list_dead, requeue_dead
 from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
-from tests.services import FACES, Env, wait_until
+from tests.services import FACES, Env, read_queue, wait_until
 
 PHOTO = (FACES / "obama/obama_small.jpg").read_bytes()
 
@@ -34,20 +34,6 @@ def rabbit_dead_letter(env: Env, body: bytes, headers: dict[str, object]) -> Non
                          amqp.DELIVERY_COUNT_HEADER: 5}))
     finally:
         broker.close()
-
-
-def peek_work_queue(env: Env) -> list[tuple[dict[str, object], bytes]]:
-    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
-    try:
-        ch = conn.channel()
-        out = []
-        while True:
-            method, props, body = ch.basic_get(amqp.IMAGE_QUEUE, auto_ack=False)
-            if method is None:
-                return out
-            out.append((props.headers or {}, body))
-    finally:
-        conn.close()  # unacknowledged: all back in the queue
 
 
 def test_an_empty_dead_letter_queue_lists_nothing(env: Env) -> None:
@@ -86,7 +72,7 @@ def test_requeued_dead_letters_go_back_to_the_work_queue_without_their_past(env:
     assert env.queue_depth(amqp.DEAD_QUEUE) == 1
     assert requeue_dead(env.settings) == 1
     assert env.queue_depth(amqp.DEAD_QUEUE) == 0
-    queued = peek_work_queue(env)
+    queued = read_queue(env.settings, amqp.IMAGE_QUEUE)
     # The work queue counts deliveries afresh (it reports 0 for a first delivery).
     assert [h.pop(amqp.DELIVERY_COUNT_HEADER, 0) for h, _ in queued] == [0, 0]
     assert [h for h, _ in queued] == [first.headers(), {

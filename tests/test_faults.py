@@ -20,11 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +36,8 @@ from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
 from facerec.settings import Settings
 from facerec.store import (FACE_BYTES, FACE_LOG, HASH_TO_ENCODINGS, HASH_TO_MATCHES,
                            HASH_TO_NAMES, META, NAME_TO_HASH, image_key)
-from tests.services import FACES, ROOT, Env, RedisServer, free_port, http, reset_vhost, wait_until
+from tests.services import (FACES, ROOT, Env, RedisServer, free_port, http, image_server,
+                            reset_vhost, wait_until)
 
 # A handful of the shared photos: three of Obama, Kit and Rose alone and together, and
 # Biden, who matches none of them. Small files, to keep the module fast.
@@ -371,26 +370,10 @@ def test_twenty_images_posted_while_no_worker_runs_are_all_processed_once_worker
     assert_consistent(fenv, baseline)
 
 
-class _ImageServer(BaseHTTPRequestHandler):
-    body = data("obama/obama-240p.jpg")
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.timeout(600)
 def test_with_rabbitmq_stopped_scans_fail_fast_matches_answer_and_all_recovers_alone(
         fenv: Env, rabbit: PrivateRabbit, baseline: Baseline, tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with image_server(data("obama/obama-240p.jpg")) as (server, _requested):
         rest = fenv.start_rest(FETCH_ALLOW_NETWORKS="127.0.0.0/8")
         rest_proc = fenv.procs[-1]
         worker = start_worker(fenv, tmp_path)
@@ -409,7 +392,7 @@ def test_with_rabbitmq_stopped_scans_fail_fast_matches_answer_and_all_recovers_a
                 assert time.monotonic() - start < 10
             start = time.monotonic()
             reply = http("POST", f"{rest}/scan/url",
-                         json_body={"url": f"http://127.0.0.1:{server.server_port}/o.jpg"})
+                         json_body={"url": f"{server}/o.jpg"})
             assert reply.status == 503, reply.body
             assert time.monotonic() - start < 10
             start = time.monotonic()
@@ -434,8 +417,6 @@ def test_with_rabbitmq_stopped_scans_fail_fast_matches_answer_and_all_recovers_a
         assert rest_proc.poll() is None and worker.proc.poll() is None
         assert "RabbitMQ connection lost" in worker.output()
         assert_consistent(fenv, baseline)
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.timeout(600)

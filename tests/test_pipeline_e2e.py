@@ -7,14 +7,12 @@ import itertools
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from facerec.messages import sha256_hex
 from facerec.store import META, image_key
-from tests.services import FACES, ROOT, Env, http, photos, wait_until
+from tests.services import FACES, ROOT, Env, http, image_server, photos, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,40 +68,19 @@ def test_every_pair_of_the_shared_photos_matches_exactly_when_they_share_someone
     assert f"{host}.worker.debug: DEBUG image {group}: 3 faces found" in out
 
 
-class _ImageServer(BaseHTTPRequestHandler):
-    requests: list[str] = []
-    body = b""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        type(self).requests.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_a_url_is_fetched_once_and_then_answered_from_the_name_database(env: Env) -> None:
-    _ImageServer.body = (FACES / "obama/obama_small.jpg").read_bytes()
-    _ImageServer.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    body = (FACES / "obama/obama_small.jpg").read_bytes()
+    with image_server(body) as (base, requested):
         url = env.start_rest(FETCH_ALLOW_NETWORKS="127.0.0.0/8")
         env.start_worker()
-        image_url = f"http://127.0.0.1:{server.server_port}/obama_small.jpg"
+        image_url = f"{base}/obama_small.jpg"
         first = http("POST", f"{url}/scan/url", json_body={"url": image_url})
-        assert first.status == 200 and first.body == {"hash": sha256_hex(_ImageServer.body)}
+        assert first.status == 200 and first.body == {"hash": sha256_hex(body)}
         env.wait_processed({first.body["hash"]})
         again = http("POST", f"{url}/scan/url", json_body={"url": image_url})
         assert again.body == first.body
-        assert _ImageServer.requests == ["/obama_small.jpg"]
+        assert requested == ["/obama_small.jpg"]
         assert http("GET", f"{url}/image/{first.body['hash']}").body["names"] == [image_url]
-    finally:
-        server.shutdown()
 
 
 def test_images_posted_while_no_worker_runs_wait_and_are_all_processed(env: Env) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from facerec import broker as amqp
 from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
-from tests.services import FACES, ROOT, Env, wait_until
+from tests.services import FACES, ROOT, Env, read_queue, wait_until
 
 
 def publish_raw(env: Env, body: bytes, headers: dict[str, object] | None,
@@ -25,20 +25,6 @@ def publish_raw(env: Env, body: bytes, headers: dict[str, object] | None,
         ch.basic_publish(amqp.WORK_EXCHANGE, amqp.IMAGE_ROUTING_KEY, body,
                          pika.BasicProperties(headers=headers, content_type=content_type,
                                               delivery_mode=2))
-    finally:
-        conn.close()
-
-
-def dead_letters(env: Env) -> list[tuple[dict[str, object], bytes]]:
-    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
-    out = []
-    try:
-        ch = conn.channel()
-        while True:
-            method, props, body = ch.basic_get(amqp.DEAD_QUEUE, auto_ack=True)
-            if method is None:
-                return out
-            out.append((props.headers or {}, body))
     finally:
         conn.close()
 
@@ -66,7 +52,7 @@ def test_malformed_and_pickled_messages_are_dead_lettered_and_nothing_executes(
     env.start_worker()
     env.wait_processed({sha256_hex(good), sha256_hex(bomb)}, timeout=120)
     wait_until(lambda: env.queue_depth(amqp.DEAD_QUEUE) == 4, 30, "four dead letters")
-    reasons = sorted(str(h[amqp.ERROR_HEADER]) for h, _ in dead_letters(env))
+    reasons = sorted(str(h[amqp.ERROR_HEADER]) for h, _ in read_queue(env.settings, amqp.DEAD_QUEUE, consume=True))
     assert reasons[0].startswith("invalid message: body does not match the header hash")
     assert reasons[1].startswith("invalid message: content type 'application/python-pickle'")
     assert reasons[2].startswith("invalid message: message has no headers")
