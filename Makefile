@@ -7,12 +7,13 @@ PORT ?= 5000
 WORKERS ?= 2
 export PORT WORKERS PY
 
-.PHONY: help venv system-deps services up down demo test bench clean
+.PHONY: help venv system-deps services up down demo test bench bench-quick clean
 
 help:
 	@echo "make up      start Redis/RabbitMQ if needed, rest + $(WORKERS) workers + logs, demo scan"
 	@echo "make down    stop what make up started"
 	@echo "make test    install what is needed and run the whole test suite"
+	@echo "make bench   run the benchmarks (< 15 min) and write BENCHMARKS.md; bench-quick: ~2 min"
 
 $(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,16 @@ down:
 
 test: venv services
 	$(PY) -m pytest
+
+$(VENV)/.bench-installed: requirements/bench.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements/bench.txt
+	touch $@
+
+bench: venv services $(VENV)/.bench-installed
+	$(PY) bench/run.py
+
+bench-quick: venv services $(VENV)/.bench-installed
+	$(PY) bench/run.py --quick
 
 clean: down
 	rm -rf $(VENV) .run .pytest_cache .hypothesis

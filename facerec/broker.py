@@ -124,16 +124,19 @@ class Broker:
                  headers: Mapping[str, Any], content_type: str | None) -> None:
         props = pika.BasicProperties(content_type=content_type, delivery_mode=2,
                                      headers=dict(headers), timestamp=int(time.time()))
-        # One retry: the first use of a connection the broker dropped (restart) fails.
+        # One retry on a new connection: the first use of a connection the broker dropped
+        # (restart) fails, and so, now and then, does a declare racing another client's.
         for attempt in (1, 2):
             try:
                 self.channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
                 return
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                 raise BrokerUnavailable(f"RabbitMQ did not accept the message: {exc!r}") from exc
-            except AMQP_ERRORS as exc:
+            except (BrokerUnavailable, *AMQP_ERRORS) as exc:
                 self.reset()
                 if attempt == 2:
+                    if isinstance(exc, BrokerUnavailable):
+                        raise
                     raise BrokerUnavailable(f"publish failed: {exc!r}") from exc
 
     def publish_image(self, msg: ImageMessage) -> None:

@@ -245,18 +245,27 @@ class Store:
         _, epoch, length = pipe.execute()
         return str(epoch), int(length)
 
-    def face_log_since(self, version: int, batch: int = 2000
+    def face_log_since(self, version: int, batch: int = 10_000
                        ) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield (hash, encodings) of face-log entries from position `version` on."""
+        """Yield (hash, encodings) of face-log entries from position `version` on.
+
+        Each batch's blobs are joined and decoded at once: the encodings yielded are views
+        into one read-only batch array, so loading costs no numpy call per image.
+        """
         while True:
             hashes = self._db[META].lrange(FACE_LOG, version, version + batch - 1)
             if not hashes:
                 return
             blobs = self._encodings.mget(hashes)
+            if None in blobs:
+                missing = hashes[blobs.index(None)]
+                raise RuntimeError(f"face log lists {missing} but database 3 has no encodings")
+            faces = encodings_from_bytes(b"".join(blobs))
+            start = 0
             for h, blob in zip(hashes, blobs):
-                if blob is None:
-                    raise RuntimeError(f"face log lists {h} but database 3 has no encodings")
-                yield h, encodings_from_bytes(blob)
+                end = start + len(blob) // FACE_BYTES
+                yield h, faces[start:end]
+                start = end
             version += len(hashes)
 
     def names_of(self, image_hashes: list[str]) -> list[set[str]]:
