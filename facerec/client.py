@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-OUTCOME_HEADER = "X-Facerec-Outcome"
+from facerec.messages import OUTCOME_HEADER
 
 
 class ClientError(Exception):

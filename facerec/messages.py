@@ -23,6 +23,9 @@ STORED_SCHEMA = 2
 CONTENT_TYPE = "application/octet-stream"
 KINDS = frozenset({"upload", "url"})
 MAX_NAME_LENGTH = 2048
+# The HTTP response header in which rest says what a scan did (queued, duplicate,
+# known_url); the JSON body stays the lab's {"hash": ...}.
+OUTCOME_HEADER = "X-Facerec-Outcome"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -13,8 +13,8 @@ name or hash; everything else the service needs lives in database 5 (META):
 
 `facelog` lists, in commit order, the hashes of the processed images that have faces.
 Its epoch (`facelog:epoch`) and length are the version a worker's in-memory index has
-seen; the commit script refuses a commit whose version is stale, so every pair of images is compared exactly once, by
-whichever of the two committed second (see facerec.pipeline).
+seen; the commit script refuses a commit whose version is stale, so every pair of images
+is compared exactly once, by whichever of the two committed second (see facerec.pipeline).
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ return 1
 # Processing failed for good: mark it (unless another delivery finished it).
 _MARK_FAILED = _NAMES_PRELUDE + """
 if status == 'done' then return 0 end
-redis.call('HSET', '%(image)s' .. h, 'status', 'failed', 'reason', ARGV[rest], 'updated', ARGV[rest + 1])
+redis.call('HSET', '%(image)s' .. h, 'status', 'failed', 'reason', ARGV[rest],
+           'updated', ARGV[rest + 1])
 for _, n in ipairs(names) do redis.call('SADD', '%(pending)s' .. h, n) end
 return 1
 """

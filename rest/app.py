@@ -17,7 +17,7 @@ from facerec.errors import (BrokerUnavailable, FetchError, ForbiddenURL, Invalid
                             InvalidMessage)
 from facerec.fetch import Fetcher, check_url
 from facerec.imagestore import StoreUnavailable, open_store
-from facerec.messages import MAX_NAME_LENGTH, ImageMessage, is_image_hash
+from facerec.messages import MAX_NAME_LENGTH, OUTCOME_HEADER, ImageMessage, is_image_hash
 from facerec.settings import Settings
 from facerec.store import Store
 from facerec.topiclog import setup_logging
@@ -32,7 +32,6 @@ _STATUS: tuple[tuple[type[Exception], int, str], ...] = (
 )
 _REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
             415: "unsupported_type", 422: "not_an_image"}
-OUTCOME_HEADER = "X-Facerec-Outcome"  # queued | duplicate | known_url
 _OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from facerec import __version__
+from facerec.messages import OUTCOME_HEADER
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -17,7 +18,7 @@ _HASH_PARAM = {"name": "image_hash", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
 _SCANNED = {
     "description": "The image is queued (publisher confirm received) or already known",
-    "headers": {"X-Facerec-Outcome": {"description": "queued, duplicate or known_url",
+    "headers": {OUTCOME_HEADER: {"description": "queued, duplicate or known_url",
                                       "schema": {"type": "string",
                                                  "enum": ["queued", "duplicate",
                                                           "known_url"]}}},
