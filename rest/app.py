@@ -103,18 +103,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def log_call(response: Response) -> Response:
+        seconds = time.perf_counter() - g.get("start", time.perf_counter())
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUEST_SECONDS.labels(request.method, route).observe(
-            time.perf_counter() - g.get("start", time.perf_counter()))
+        metrics.REQUEST_SECONDS.labels(request.method, route).observe(seconds)
         if request.path.startswith("/scan/") and response.status_code >= 400:
             kind = "url" if request.path == "/scan/url" else "upload"
             reason = g.get("reason") or _REASONS.get(response.status_code,
                                                      str(response.status_code))
             metrics.SCANS_REJECTED.labels(kind, reason).inc()
         if request.path not in _OPEN_PATHS:
-            ms = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
             log.info("%s %s -> %d (%.1f ms)", request.method, request.path,
-                     response.status_code, ms)
+                     response.status_code, seconds * 1000)
             if g.get("detail"):
                 log.debug("%s %s: %s", request.method, request.path, g.detail)
         return response
