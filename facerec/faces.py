@@ -28,8 +28,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's message names an in-memory object: say it plainly instead.
+        raise InvalidImage(f"not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))})"
+                           ) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError, OSError,
+            SyntaxError, ValueError) as exc:
         raise InvalidImage(f"not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))}): "
                            f"{exc}") from None
     width, height = img.size

@@ -100,3 +100,17 @@ def test_worker_file_processes_images_without_rabbitmq(env: Env) -> None:
     assert [r["faces"] for r in results] == [1, 1, 1]
     assert list(results[1]["matches"]) == [sha256_hex(files[0].read_bytes())]
     assert results[2]["matches"] == {}
+
+
+def test_worker_file_reports_a_bad_file_and_goes_on(env: Env, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    good = FACES / "obama/obama_small.jpg"
+    out = subprocess.run([sys.executable, "-m", "worker", "--file", str(bad), str(good)],
+                         cwd=ROOT, env=env.environ(RABBITMQ_PORT="1"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1
+    first, second = (json.loads(line) for line in out.stdout.splitlines())
+    assert first == {"file": str(bad), "error": "not a decodable image "
+                                                "(BMP, JPEG, PNG, TIFF, WEBP)"}
+    assert second["faces"] == 1 and second["status"] == "processed"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from facerec import faces, metrics
+from facerec.errors import PermanentError
 from facerec.imagestore import open_store
 from facerec.messages import ImageMessage
 from facerec.pipeline import Processor
@@ -39,11 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     faces.load_models()
     processor.load_index()
     if args.file:
+        failed = 0
         for path in args.file:
-            outcome = processor.process(ImageMessage.for_image(path.read_bytes(), str(path),
-                                                               "upload"))
-            print(json.dumps(outcome.as_dict()))
-        return 0
+            try:
+                outcome = processor.process(ImageMessage.for_image(path.read_bytes(),
+                                                                   str(path), "upload"))
+                print(json.dumps(outcome.as_dict()))
+            except (OSError, PermanentError) as exc:
+                failed += 1
+                print(json.dumps({"file": str(path), "error": str(exc)}))
+        return 1 if failed else 0
     metrics.serve(settings.metrics_port)
     Worker(processor, log).run()
     return 0
