@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facerec.errors import InvalidImage
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
+_UNDECODABLE = f"not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))})"
 Box = tuple[int, int, int, int]  # top, right, bottom, left (face_recognition's order)
 
 
@@ -30,12 +31,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
     except UnidentifiedImageError:
         # Pillow's message names an in-memory object: say it plainly instead.
-        raise InvalidImage(f"not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))})"
-                           ) from None
+        raise InvalidImage(_UNDECODABLE) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError, OSError,
             SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))}): "
-                           f"{exc}") from None
+        raise InvalidImage(f"{_UNDECODABLE}: {exc}") from None
     width, height = img.size
     if width < 1 or height < 1 or width * height > max_pixels:
         raise InvalidImage(f"image of {width}x{height} pixels exceeds the limit of "
