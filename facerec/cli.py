@@ -25,6 +25,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 from facerec.client import Client, ClientError
 from facerec.errors import BrokerUnavailable
 from facerec.messages import is_image_hash, sha256_hex
+from facerec.settings import Settings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 err = Console(stderr=True, soft_wrap=True)
@@ -270,7 +271,6 @@ COMPONENT_STYLE = {"rest": "cyan", "worker": "green", "logs": "magenta"}
 @click.pass_obj
 def logs(ctx: Ctx, pattern: str, seconds: float | None) -> None:
     """Follow the logs exchange (RABBITMQ_* settings), e.g. PATTERN '*.worker.info'."""
-    from facerec.settings import Settings
     from logs.listener import listen
 
     def emit(key: str, text: str) -> None:
@@ -301,7 +301,6 @@ def dead() -> None:
 def dead_list(ctx: Ctx, limit: int | None) -> None:
     """Show each dead letter: hash, name, deliveries and reason (the queue is unchanged)."""
     from facerec.deadletters import list_dead
-    from facerec.settings import Settings
 
     letters = list_dead(Settings.from_env(), limit)
     if ctx.as_json:
@@ -321,7 +320,6 @@ def dead_list(ctx: Ctx, limit: int | None) -> None:
 def dead_requeue(ctx: Ctx, limit: int | None) -> None:
     """Send dead letters back to the workers, with their full number of attempts."""
     from facerec.deadletters import requeue_dead
-    from facerec.settings import Settings
 
     moved = requeue_dead(Settings.from_env(), limit)
     if ctx.as_json:
