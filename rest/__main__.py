@@ -31,6 +31,9 @@ class _Server(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "warning",
             "child_exit": _child_exit,
+            # gunicorn's control socket (for gunicornc) would go under $HOME/.gunicorn/: the
+            # home is /nonexistent and the root read-only in the images. Nothing uses it.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
