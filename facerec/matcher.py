@@ -1,189 +1,658 @@
-"""The in-memory face index: every committed face as one float32 matrix, searched with numpy.
+"""The in-memory face index: int8 codes of every committed face, searched exactly.
 
-A worker loads the face log once at start-up and then extends the matrix with the delta
-it has not seen, so matching an image costs one matrix-vector product per face instead of
-a Redis round trip per stored image.
+A worker loads the face log once at start-up and then appends the delta it has not seen.
+Matching used to read every stored float32 face (512 bytes each); it now scans 96-byte
+codes with integer arithmetic and a proven error bound, and measures only the few
+candidates that bound cannot rule out in float64 — the same match sets and distances as a
+float64 brute force over every stored face, on every input. See BENCHMARKS.md.
 
-Matching is memory-bound: one search reads the whole matrix once (512 bytes per stored
-face, 512 MB at a million), so the scan is done in blocks that keep the per-face scores
-in cache and does no other pass over all faces. Scans run on one BLAS thread: on a busy
-machine, waking OpenBLAS's other threads costs more than the scan (5-8 ms against 0.3 ms
-at 10k faces on 2 shared cores, and 120 ms against 65 ms at a million); a worker scales by
-running more worker processes instead. See BENCHMARKS.md.
+Codes. Face x (float32, as stored in Redis) keeps CODE_DIMS of its 128 dimensions (`DIMS`:
+the 32 dropped have the least variance in dlib's encodings of the shared photos),
+each as c = round(128·x) clipped to ±127. Its quantization error e(x) = |P·x - c/128|
+(P: the kept dimensions) is at most √96/256 = 0.038 unless a value saturates; faces over
+that (|value| > 0.99, or not finite) are kept in float32 in memory and always compared
+exactly, so one odd face cannot loosen the bound for the others. `E` is the largest error
+of the other faces, kept up to date on insert (never lowered by a removal: still a bound).
+
+The bound. For a stored face x and a query q with codes c, c_q and errors e(x) ≤ E, e(q):
+  |x - q| ≥ |P(x - q)| ≥ |c - c_q|/128 - e(x) - e(q)        (a projection, then the
+                                                              triangle inequality twice)
+so |x - q| ≤ tol implies  |c - c_q|² ≤ (128·(tol + E + e(q)))².  The left side is an
+integer computed exactly in int32 (see facerec._kernels), the right side is rounded up
+(with a relative slack of 1e-9 that covers every float64 rounding in E, e(q) and the final
+distance), so no face within tolerance is ever dropped. Candidates are then measured
+exactly with `exact_distances`, the float64 definition.
+
+Where the float32 vectors of the candidates come from is a `VectorSource` given to the
+index: in memory (the default: simple, 512 bytes a face), a memory-mapped file, or Redis
+(`RedisVectors`: one MGET per search, nothing held in the worker). BENCHMARKS.md compares
+them.
 """
 
 from __future__ import annotations
 
-from typing import ContextManager, Iterable
+import math
+import mmap
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from facerec.store import ENCODING_DIM, ENCODING_DTYPE, Match
+from facerec import _kernels
+from facerec._kernels import BLOCK_BYTES, BLOCK_ROWS, CODE_DIMS
+from facerec.faces import ENCODING_DIM, ENCODING_DTYPE
+from facerec.store import FACE_BYTES, Match, encodings_from_bytes
 
-# float32 dot products err by ~1e-6 here; candidates this close to the tolerance are
-# re-measured exactly, so the decision equals a float64 brute-force comparison.
-_MARGIN = 1e-3
-# Rows scanned per matrix-vector product: 64 MB of faces, 512 KB of scores (cache-sized).
-_BLOCK = 131_072
-# Faces gathered before they are copied into the matrix when loading the face log.
+# Dimensions with the least variance in dlib encodings (the 30 faces of the shared photos),
+# left out of the codes: a distance over fewer coordinates is still a lower bound.
+_DROPPED = (3, 7, 10, 15, 17, 19, 20, 26, 29, 32, 39, 47, 50, 53, 56, 60, 62, 65, 68, 83,
+            86, 87, 90, 94, 95, 97, 98, 99, 104, 107, 119, 122)
+DIMS = np.array([d for d in range(ENCODING_DIM) if d not in _DROPPED], dtype=np.intp)
+assert len(DIMS) == CODE_DIMS
+SCALE = 128.0  # codes per unit: a power of two, so c/128 and x - c/128 are exact
+CODE_MAX = 127
+# The largest error of a face whose values all fit the codes: half a step per dimension.
+ERROR_CAP = math.sqrt(CODE_DIMS) * 0.5 / SCALE
+_SLACK = 1e-9
+# Rows per storage chunk once the index is large (6 MB of codes): growing never copies.
+_CHUNK_ROWS = 65_536
+# Faces gathered before they are encoded into the index when loading the face log.
 _LOAD_BATCH = 16_384
-_blas: ThreadpoolController | None = None
-
-
-def _one_blas_thread() -> ContextManager[object]:
-    """Limit BLAS to one thread for the duration."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")  # type: ignore[attr-defined]
+_HEX64 = re.compile(r"[0-9a-f]*")
+_NO_HASH = bytes(32)
 
 
 def exact_distances(stored: np.ndarray, face: np.ndarray) -> np.ndarray:
     """Euclidean distances in float64 from float32 values: the same for (a, b) and (b, a)."""
     diff = stored.astype(np.float64) - face.astype(ENCODING_DTYPE).astype(np.float64)
-    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    out: np.ndarray = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
 
 
-class FaceIndex:
-    """Faces of committed images in face-log order; `version` counts images loaded."""
+def encode(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes of the kept dimensions, float64 quantization errors) of float32 rows.
+
+    A row with a value that is not finite gets zero codes and an infinite error.
+    """
+    kept = vectors[:, DIMS].astype(np.float64)
+    finite = np.isfinite(kept).all(axis=1)
+    kept[~finite] = 0.0
+    codes = np.clip(np.rint(kept * SCALE), -CODE_MAX, CODE_MAX)
+    err = kept - codes / SCALE
+    errors = np.sqrt(np.einsum("ij,ij->i", err, err))
+    errors[~finite] = np.inf
+    return codes.astype(np.int8), errors
+
+
+# -- where the full vectors live --------------------------------------------------------
+
+class VectorSource(Protocol):
+    """The float32 encodings of the index's rows, for re-checking candidates."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def append(self, vectors: np.ndarray) -> None:
+        """Rows n_faces … n_faces + len(vectors) - 1, in order (float32, 128 wide)."""
+
+    def fetch(self, rows: np.ndarray, hashes: Sequence[str], positions: np.ndarray
+              ) -> np.ndarray:
+        """Vectors of `rows` (face `positions[i]` of image `hashes[i]`), as float32.
+        A face that no longer exists comes back as NaN (it matches nothing)."""
+
+    def erase(self, rows: np.ndarray) -> None:
+        """Overwrite these rows (an erased image's faces) with zeros, if held here."""
+
+    def clear(self) -> None: ...
+
+
+class _Chunks:
+    """Rows of a fixed shape in chunks that double up to _CHUNK_ROWS rows: no copy on growth."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type, first: int) -> None:
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.first = max(BLOCK_ROWS, -(-first // BLOCK_ROWS) * BLOCK_ROWS)
+        self.chunks: list[np.ndarray] = []
+        self.starts: list[int] = []
+        self.capacity = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.chunks)
+
+    def reserve(self, need: int) -> None:
+        while self.capacity < need:
+            rows = min(_CHUNK_ROWS, max(self.first, self.capacity))
+            self.chunks.append(self.new_chunk(rows))
+            self.starts.append(self.capacity)
+            self.capacity += rows
+
+    def new_chunk(self, rows: int) -> np.ndarray:
+        return np.zeros((rows, *self.shape), dtype=self.dtype)
+
+    def rows_of(self, chunk: int) -> int:
+        return len(self.chunks[chunk])
+
+    def spans(self, lo: int, hi: int) -> Iterable[tuple[int, int, int]]:
+        """(chunk, first row, last row + 1) within each chunk, for rows lo … hi - 1."""
+        k = max(0, int(np.searchsorted(self.starts, lo, side="right")) - 1)
+        while lo < hi:
+            start = self.starts[k]
+            end = min(hi, start + self.rows_of(k))
+            yield k, lo - start, end - start
+            lo = end
+            k += 1
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        done = 0
+        for k, a, b in self.spans(row, row + len(values)):
+            self.chunks[k][a:b] = values[done:done + b - a]
+            done += b - a
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.shape), dtype=self.dtype)
+        ks = np.searchsorted(self.starts, rows, side="right") - 1
+        for k in np.unique(ks):
+            sel = ks == k
+            out[sel] = self.chunks[k][rows[sel] - self.starts[k]]
+        return out
+
+    def put(self, rows: np.ndarray, value: object) -> None:
+        ks = np.searchsorted(self.starts, rows, side="right") - 1
+        for k in np.unique(ks):
+            sel = ks == k
+            self.chunks[k][rows[sel] - self.starts[k]] = value
+
+
+class _Codes(_Chunks):
+    """int8 codes in the kernels' block layout: chunk k is flat, [block][pair][row][2]."""
+
+    def __init__(self, first: int) -> None:
+        super().__init__((), np.int8, first)
+
+    def new_chunk(self, rows: int) -> np.ndarray:
+        return np.zeros(rows * CODE_DIMS, dtype=np.int8)
+
+    def rows_of(self, chunk: int) -> int:
+        return len(self.chunks[chunk]) // CODE_DIMS
+
+    def blocks(self, chunk: int) -> np.ndarray:
+        c = self.chunks[chunk]
+        return c.reshape(len(c) // BLOCK_BYTES, CODE_DIMS // 2, BLOCK_ROWS, 2)
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        pairs = values.reshape(len(values), CODE_DIMS // 2, 2)
+        done = 0
+        for k, a, b in self.spans(row, row + len(values)):
+            view = self.blocks(k)
+            while a < b:  # one block at a time: rows a … e - 1 of block a // BLOCK_ROWS
+                blk, lane = divmod(a, BLOCK_ROWS)
+                e = min(b, (blk + 1) * BLOCK_ROWS)
+                view[blk, :, lane:lane + e - a, :] = pairs[done:done + e - a].transpose(1, 0, 2)
+                done += e - a
+                a = e
+
+    def zero(self, rows: np.ndarray) -> None:
+        ks = np.searchsorted(self.starts, rows, side="right") - 1
+        for k, r in zip(ks, rows, strict=True):
+            blk, lane = divmod(int(r) - self.starts[k], BLOCK_ROWS)
+            self.blocks(int(k))[blk, :, lane, :] = 0
+
+    def take(self, rows: np.ndarray) -> np.ndarray:  # for tests: codes back in row order
+        out = np.empty((len(rows), CODE_DIMS), dtype=np.int8)
+        ks = np.searchsorted(self.starts, rows, side="right") - 1
+        for i, (k, r) in enumerate(zip(ks, rows, strict=True)):
+            blk, lane = divmod(int(r) - self.starts[k], BLOCK_ROWS)
+            out[i] = self.blocks(int(k))[blk, :, lane, :].reshape(-1)
+        return out
+
+
+class MemoryVectors:
+    """The float32 vectors in the worker's memory (512 bytes a face): the simple default."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        capacity = max(1, capacity)
-        self._matrix = np.empty((capacity, ENCODING_DIM), dtype=ENCODING_DTYPE)
-        self._half_sqnorms = np.empty(capacity, dtype=ENCODING_DTYPE)  # |face|² / 2
-        self._owner = np.empty(capacity, dtype=np.int64)
-        self._hashes: list[str] = []
+        self._capacity = capacity
+        self._rows = _Chunks((ENCODING_DIM,), ENCODING_DTYPE, capacity)
+        self._n = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._rows.nbytes
+
+    def append(self, vectors: np.ndarray) -> None:
+        self._rows.reserve(self._n + len(vectors))
+        self._rows.write(self._n, vectors)
+        self._n += len(vectors)
+
+    def fetch(self, rows: np.ndarray, hashes: Sequence[str], positions: np.ndarray
+              ) -> np.ndarray:
+        return self._rows.take(rows)
+
+    def erase(self, rows: np.ndarray) -> None:
+        self._rows.put(rows, 0.0)
+
+    def clear(self) -> None:
+        self.__init__(self._capacity)  # type: ignore[misc]
+
+
+class MmapVectors:
+    """The float32 vectors in an unlinked temporary file, memory-mapped for reading.
+
+    Nothing of it counts as the worker's anonymous memory; the pages read stay in the page
+    cache (and in RSS as file pages) until the kernel needs them back.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._directory = directory
+        fd, path = tempfile.mkstemp(prefix="facerec-vectors-", dir=directory)
+        os.unlink(path)  # gone with the process, whatever happens
+        self._file = os.fdopen(fd, "r+b", buffering=1 << 20)
+        self._n = 0
+        self._map: mmap.mmap | None = None
+        self._mapped = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # file-backed: see the class docstring
+
+    def append(self, vectors: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(vectors, dtype=ENCODING_DTYPE).tobytes())
+        self._n += len(vectors)
+
+    def _view(self) -> np.ndarray:
+        if self._mapped < self._n:
+            self._file.flush()
+            if self._map is not None:
+                self._map.close()
+            self._map = mmap.mmap(self._file.fileno(), self._n * FACE_BYTES)
+            self._mapped = self._n
+        assert self._map is not None
+        return np.frombuffer(self._map, dtype=ENCODING_DTYPE).reshape(-1, ENCODING_DIM)
+
+    def fetch(self, rows: np.ndarray, hashes: Sequence[str], positions: np.ndarray
+              ) -> np.ndarray:
+        out: np.ndarray = self._view()[rows]
+        return out
+
+    def erase(self, rows: np.ndarray) -> None:
+        if len(rows):
+            view = self._view()
+            view[rows] = 0.0
+            assert self._map is not None
+            self._map.flush()
+
+    def clear(self) -> None:
+        if self._map is not None:
+            self._map.close()
+        self._file.close()
+        self.__init__(self._directory)  # type: ignore[misc]
+
+
+class RedisVectors:
+    """The float32 vectors read from Redis (database 3) for each search's candidates.
+
+    `fetch_blobs(hashes)` returns the stored encodings of each hash (None if gone) in one
+    round trip, e.g. an MGET on database 3. The worker holds nothing of the vectors.
+    """
+
+    def __init__(self, fetch_blobs: Callable[[list[str]], Sequence[bytes | None]]) -> None:
+        self._fetch_blobs = fetch_blobs
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def append(self, vectors: np.ndarray) -> None:
+        pass
+
+    def fetch(self, rows: np.ndarray, hashes: Sequence[str], positions: np.ndarray
+              ) -> np.ndarray:
+        unique = sorted(set(hashes))
+        blobs = dict(zip(unique, self._fetch_blobs(unique), strict=True))
+        out = np.full((len(rows), ENCODING_DIM), np.nan, dtype=ENCODING_DTYPE)
+        for i, (h, pos) in enumerate(zip(hashes, positions, strict=True)):
+            blob = blobs[h]
+            if blob is not None:
+                faces = encodings_from_bytes(blob)
+                if pos < len(faces):
+                    out[i] = faces[pos]
+        return out
+
+    def erase(self, rows: np.ndarray) -> None:
+        pass  # erasing database 3 is the erasure protocol's job
+
+    def clear(self) -> None:
+        pass
+
+
+class _Ints:
+    """A growable int64 array (amortised appends, a numpy view for searching)."""
+
+    def __init__(self) -> None:
+        self._a = np.zeros(16, dtype=np.int64)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > len(self._a):
+            bigger = np.zeros(max(need, 2 * len(self._a)), dtype=np.int64)
+            bigger[:self.n] = self._a[:self.n]
+            self._a = bigger
+        self._a[self.n:need] = values
+        self.n = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._a[:self.n]
+
+    @property
+    def nbytes(self) -> int:
+        return self._a.nbytes
+
+
+# -- the index --------------------------------------------------------------------------
+
+class FaceIndex:
+    """Faces of face-log entries in order; `version` counts entries (images) loaded.
+
+    Image ordinal i is face-log position i. Rows (faces) are numbered in insertion order
+    and keep their numbers when an image is removed, so `n_faces` is a cursor.
+    """
+
+    def __init__(self, capacity: int = 1024, vectors: VectorSource | None = None,
+                 kernel: str | None = None) -> None:
+        self._capacity = max(1, capacity)
+        self.vectors: VectorSource = vectors if vectors is not None else MemoryVectors(capacity)
+        self.kernel, self._scan = _kernels.get_scan(kernel)
+        self.epoch = ""  # the face log's epoch these faces belong to (see facerec.store)
+        self._reset()
+
+    def _reset(self) -> None:
         self.n_faces = 0
         self.version = 0
-        self.epoch = ""  # the face log's epoch these faces belong to (see facerec.store)
+        self.max_error = 0.0  # E: the largest quantization error of a coded face
+        self.removed_faces = 0
+        self.last_rechecked = 0  # candidates the last search measured in float64
+        self._codes = _Codes(self._capacity)
+        self._hashes = _Chunks((32,), np.uint8, self._capacity)  # SHA-256, binary
+        self._odd_hashes: dict[int, str] = {}  # hashes that are not 64 lowercase hex digits
+        # Image i starts at row i + offset; the offset changes only after an image with
+        # 0 or ≥ 2 faces, so only those are recorded: (first image, its first row).
+        self._break_image = _Ints()
+        self._break_row = _Ints()
+        self._break_image.extend(np.zeros(1, np.int64))
+        self._break_row.extend(np.zeros(1, np.int64))
+        self._outliers: dict[int, np.ndarray] = {}  # row -> float32 face (codes saturate)
 
     def __len__(self) -> int:
         return self.n_faces
 
     @property
+    def live_faces(self) -> int:
+        """Faces of images not removed."""
+        return self.n_faces - self.removed_faces
+
+    @property
     def nbytes(self) -> int:
-        return self._matrix.nbytes + self._half_sqnorms.nbytes + self._owner.nbytes
+        return (self._codes.nbytes + self._hashes.nbytes + self._break_image.nbytes
+                + self._break_row.nbytes + FACE_BYTES * len(self._outliers)
+                + self.vectors.nbytes)
 
     def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.vectors.clear()
+        self.epoch = ""
+        self._reset()
 
-    def _reserve(self, need: int) -> None:
-        if need <= len(self._matrix):
-            return
-        cap = max(need, 2 * len(self._matrix))
-        for name in ("_matrix", "_half_sqnorms", "_owner"):
-            old = getattr(self, name)
-            new = np.empty((cap, *old.shape[1:]), dtype=old.dtype)
-            new[: self.n_faces] = old[: self.n_faces]
-            setattr(self, name, new)
+    # -- rows and images ----------------------------------------------------------------
 
-    def _append(self, hashes: list[str], counts: list[int], encodings: np.ndarray) -> None:
-        """Append images (each with counts[i] > 0 faces) whose faces are `encodings`, in order."""
-        need = self.n_faces + len(encodings)
-        self._reserve(need)
-        rows = slice(self.n_faces, need)
-        self._matrix[rows] = encodings
-        block = self._matrix[rows]
-        self._half_sqnorms[rows] = 0.5 * np.einsum("ij,ij->i", block, block)
-        first = len(self._hashes)
-        self._owner[rows] = np.repeat(np.arange(first, first + len(hashes)), counts)
-        self._hashes.extend(hashes)
-        self.n_faces = need
-        self.version += len(hashes)
+    def _image_start(self, images: np.ndarray) -> np.ndarray:
+        bi, br = self._break_image.view, self._break_row.view
+        k = np.searchsorted(bi, images, side="right") - 1
+        start: np.ndarray = br[k] + (images - bi[k])
+        return start
+
+    def _owners(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(image ordinal, face position in that image) of each row."""
+        bi, br = self._break_image.view, self._break_row.view
+        k = np.searchsorted(br, rows, side="right") - 1
+        images = bi[k] + (rows - br[k])
+        nxt = np.minimum(k + 1, len(bi) - 1)
+        last = np.where(k + 1 < len(bi), bi[nxt] - 1, self.version - 1)
+        images = np.minimum(images, last)
+        return images, rows - self._image_start(images)
+
+    def _hash_of(self, image: int) -> str:
+        odd = self._odd_hashes.get(image)
+        if odd is not None:
+            return odd
+        b = self._hashes.take(np.array([image]))[0].tobytes()
+        return "" if b == _NO_HASH else b.hex()
+
+    def face_count_at(self, version: int) -> int:
+        """Number of faces held by the first `version` images (to search only a delta)."""
+        if version >= self.version:
+            return self.n_faces
+        return int(self._image_start(np.array([max(0, version)]))[0])
+
+    # -- adding -------------------------------------------------------------------------
+
+    def _append(self, hashes: list[str], counts: np.ndarray, encodings: np.ndarray) -> None:
+        """Append images (counts[i] faces each, possibly 0) whose faces are `encodings`."""
+        n_img, n_new = len(hashes), len(encodings)
+        first_image, first_row = self.version, self.n_faces
+        encodings = np.ascontiguousarray(encodings, dtype=ENCODING_DTYPE)
+        codes, errors = encode(encodings)
+        odd_rows = np.flatnonzero(~(errors <= ERROR_CAP))
+        regular = np.delete(errors, odd_rows)
+        if len(regular):
+            self.max_error = max(self.max_error, float(regular.max()))
+        self._codes.reserve(first_row + n_new)
+        self._codes.write(first_row, codes)
+        for r in odd_rows:
+            self._outliers[first_row + int(r)] = encodings[r].copy()
+        self.vectors.append(encodings)
+        self._hashes.reserve(first_image + n_img)
+        self._hashes.write(first_image, self._binary_hashes(first_image, hashes, counts))
+        uneven = np.flatnonzero(counts != 1)
+        if len(uneven):
+            ends = first_row + np.cumsum(counts)
+            self._break_image.extend(first_image + uneven + 1)
+            self._break_row.extend(ends[uneven])
+        self.n_faces += n_new
+        self.version += n_img
+
+    def _binary_hashes(self, first_image: int, hashes: list[str], counts: np.ndarray
+                       ) -> np.ndarray:
+        """Hashes as 32 bytes each; others (and all-zero ones) go to _odd_hashes.
+        Images without faces (tombstones) keep no hash: they can never be returned."""
+        joined = "".join(hashes)
+        if len(joined) == 64 * len(hashes) and _HEX64.fullmatch(joined):
+            out = np.frombuffer(bytes.fromhex(joined), dtype=np.uint8).reshape(-1, 32).copy()
+        else:
+            out = np.zeros((len(hashes), 32), dtype=np.uint8)
+            for i, h in enumerate(hashes):
+                if len(h) == 64 and _HEX64.fullmatch(h):
+                    out[i] = np.frombuffer(bytes.fromhex(h), dtype=np.uint8)
+                elif counts[i]:
+                    self._odd_hashes[first_image + i] = h
+        out[counts == 0] = 0
+        for j in np.flatnonzero((counts > 0) & ~out.any(axis=1)):
+            if first_image + int(j) not in self._odd_hashes:
+                self._odd_hashes[first_image + int(j)] = hashes[j]  # "000…0"
+        return out
 
     def add(self, image_hash: str, encodings: np.ndarray) -> None:
-        """Append one image's faces (an image without faces only advances nothing)."""
+        """Append one committed image's faces (an image without faces is not in the log)."""
         encodings = np.asarray(encodings, dtype=ENCODING_DTYPE).reshape(-1, ENCODING_DIM)
         if len(encodings):
-            self._append([image_hash], [len(encodings)], encodings)
+            self._append([image_hash], np.array([len(encodings)]), encodings)
 
     def extend(self, entries: Iterable[tuple[str, np.ndarray]]) -> int:
-        """Add face-log entries in order; return the number of images added.
+        """Add face-log entries in order; return the number of entries (images) added.
 
-        Entries are gathered and copied in batches: per image, only list appends.
+        An entry without encodings (an erased image's tombstone) still takes its ordinal.
+        Entries are gathered and encoded in batches: per image, only list appends.
         """
         before = self.version
         hashes: list[str] = []
         counts: list[int] = []
         parts: list[np.ndarray] = []
+        pending = 0
 
         def flush() -> None:
-            faces = np.concatenate(parts).astype(ENCODING_DTYPE, copy=False)
-            self._append(hashes, counts, faces.reshape(-1, ENCODING_DIM))
+            faces = (np.concatenate(parts) if parts
+                     else np.empty((0, ENCODING_DIM), dtype=ENCODING_DTYPE))
+            self._append(hashes, np.array(counts, dtype=np.int64),
+                         faces.reshape(-1, ENCODING_DIM))
             hashes.clear()
             counts.clear()
             parts.clear()
 
-        pending = 0
         for image_hash, encodings in entries:
-            if len(encodings) == 0:
-                continue
+            n = len(encodings)
             hashes.append(image_hash)
-            counts.append(len(encodings))
-            parts.append(encodings)
-            pending += len(encodings)
-            if pending >= _LOAD_BATCH:
+            counts.append(n)
+            if n:
+                parts.append(encodings)
+                pending += n
+            if pending >= _LOAD_BATCH or len(hashes) >= _LOAD_BATCH:
                 flush()
                 pending = 0
         if hashes:
             flush()
         return self.version - before
 
-    def face_count_at(self, version: int) -> int:
-        """Number of faces held by the first `version` images (to search only a delta)."""
-        if version >= self.version:
-            return self.n_faces
-        owners = self._owner[: self.n_faces]
-        return int(np.searchsorted(owners, version))
+    # -- erasure ------------------------------------------------------------------------
+
+    def remove(self, ordinals: Iterable[int]) -> int:
+        """Forget the images at these face-log positions; return the faces removed.
+
+        Their codes (and vectors held here) are overwritten with zeros and their hashes
+        forgotten at once. Their rows keep their numbers and their memory (reused only
+        when the index is rebuilt). Positions not loaded yet are ignored: they will arrive
+        as tombstones. Idempotent.
+        """
+        wanted = sorted({int(i) for i in ordinals})
+        if wanted and wanted[0] < 0:
+            raise ValueError(f"negative face-log position {wanted[0]}")
+        images = np.array([i for i in wanted if i < self.version], dtype=np.int64)
+        if not len(images):
+            return 0
+        starts = self._image_start(images)
+        ends = self._image_start(images + 1)
+        removed = 0
+        for image, lo, hi in zip(images, starts, ends, strict=True):
+            if self._hash_of(int(image)) == "":
+                continue  # removed already, or a tombstone
+            rows = np.arange(lo, hi)
+            self._codes.zero(rows)
+            self.vectors.erase(rows)
+            for r in rows:
+                self._outliers.pop(int(r), None)
+            self._hashes.put(np.array([image]), 0)
+            self._odd_hashes.pop(int(image), None)
+            removed += len(rows)
+        self.removed_faces += removed
+        return removed
+
+    # -- searching ----------------------------------------------------------------------
+
+    def thresholds(self, faces: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+        """(query codes as int16, integer thresholds on |c - c_q|²) for float32 faces."""
+        codes, errors = encode(faces)
+        radius = tolerance + self.max_error + errors
+        radius = radius * (1 + _SLACK) + _SLACK
+        limit = np.floor(np.square(SCALE * radius)) + 1
+        limit = np.where(radius < 0, -1, np.minimum(limit, np.iinfo(np.int32).max))
+        return codes.astype(np.int16), limit.astype(np.int32)
 
     def search(self, faces: np.ndarray, tolerance: float, exclude: str = "",
                start_face: int = 0) -> dict[str, Match]:
         """Best match per stored image within `tolerance` of any of `faces`.
 
-        Only stored faces from index `start_face` on are searched (the delta on a retry).
+        Only stored faces from row `start_face` on are searched (the delta on a retry).
         """
         faces = np.asarray(faces, dtype=ENCODING_DTYPE).reshape(-1, ENCODING_DIM)
+        self.last_rechecked = 0
         best: dict[str, Match] = {}
-        if len(faces) == 0 or self.n_faces <= start_face:
+        lo = max(0, start_face)
+        if math.isnan(tolerance):
             return best
-        # |s - f|² <= bound  <=>  s·f - |s|²/2 >= (|f|² - bound) / 2: one product, one
-        # subtraction and one comparison per stored face and query face.
-        bound = (tolerance + _MARGIN) ** 2
-        thresholds = (0.5 * (np.einsum("ij,ij->i", faces, faces) - bound)).astype(ENCODING_DTYPE)
-        found_rows: list[np.ndarray] = []
-        found_cols: list[np.ndarray] = []
-        with _one_blas_thread():
-            self._scan(faces, thresholds, start_face, found_rows, found_cols)
-        if not found_rows:
+        # A face with a value that is not finite is at distance NaN or inf from every face.
+        faces = faces[np.isfinite(faces).all(axis=1)]
+        if len(faces) == 0 or self.n_faces <= lo:
             return best
-        all_rows = np.concatenate(found_rows)
-        all_cols = np.concatenate(found_cols)
-        for col in np.unique(all_cols):
-            cand = all_rows[all_cols == col]
-            dist = exact_distances(self._matrix[cand], faces[col])
-            keep = dist <= tolerance
-            for row, d in zip(cand[keep], dist[keep]):
-                h = self._hashes[self._owner[row]]
-                if h != exclude and (h not in best or d < best[h].distance):
-                    best[h] = Match(h, float(d))
+        queries, limits = self.thresholds(faces, tolerance)
+        rows, cols = self._candidates(queries, limits, lo)
+        if self._outliers:
+            odd = np.array(sorted(r for r in self._outliers if r >= lo), dtype=np.int64)
+            odd_set = set(odd.tolist())
+            keep = np.array([r not in odd_set for r in rows.tolist()], dtype=bool)
+            rows, cols = rows[keep], cols[keep]
+        else:
+            odd = np.empty(0, dtype=np.int64)
+        self._recheck(rows, cols, faces, tolerance, exclude, best, from_source=True)
+        if len(odd):
+            self._recheck(np.repeat(odd, len(faces)), np.tile(np.arange(len(faces)), len(odd)),
+                          faces, tolerance, exclude, best, from_source=False)
         return best
 
-    def _scan(self, faces: np.ndarray, thresholds: np.ndarray, start_face: int,
-              found_rows: list[np.ndarray], found_cols: list[np.ndarray]) -> None:
-        """Append (stored row, query column) pairs whose approximate distance is in bound."""
-        single = len(faces) == 1
-        for lo in range(start_face, self.n_faces, _BLOCK):
-            hi = min(self.n_faces, lo + _BLOCK)
-            if single:
-                score = self._matrix[lo:hi] @ faces[0]
-                score -= self._half_sqnorms[lo:hi]
-                rows = np.flatnonzero(score >= thresholds[0])
-                cols = np.zeros(len(rows), dtype=np.intp)
-            else:
-                scores = self._matrix[lo:hi] @ faces.T
-                scores -= self._half_sqnorms[lo:hi, None]
-                rows, cols = np.nonzero(scores >= thresholds)
-            if len(rows):
-                found_rows.append(rows + lo)
-                found_cols.append(cols)
+    def _candidates(self, queries: np.ndarray, limits: np.ndarray, lo: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, query columns) whose code distance is within the limit, rows ≥ lo."""
+        found_rows: list[np.ndarray] = []
+        found_cols: list[np.ndarray] = []
+        room = 256
+        out_rows = np.empty(room, dtype=np.int64)
+        out_cols = np.empty(room, dtype=np.int64)
+        queries = np.ascontiguousarray(queries)
+        for k, a, b in self._codes.spans(lo, self.n_faces):
+            chunk = self._codes.chunks[k]
+            n = self._scan(chunk, a, b, queries, limits, out_rows, out_cols)
+            if n > room:
+                room = n
+                out_rows = np.empty(room, dtype=np.int64)
+                out_cols = np.empty(room, dtype=np.int64)
+                n = self._scan(chunk, a, b, queries, limits, out_rows, out_cols)
+            if n:
+                found_rows.append(out_rows[:n] + self._codes.starts[k])
+                found_cols.append(out_cols[:n].copy())
+        if not found_rows:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        return np.concatenate(found_rows), np.concatenate(found_cols)
+
+    def _recheck(self, rows: np.ndarray, cols: np.ndarray, faces: np.ndarray,
+                 tolerance: float, exclude: str, best: dict[str, Match],
+                 from_source: bool) -> None:
+        """Measure candidate pairs exactly and keep the best match per image."""
+        if not len(rows):
+            return
+        images, positions = self._owners(rows)
+        hashes = [self._hash_of(int(i)) for i in images]
+        keep = np.array([h != "" and h != exclude for h in hashes], dtype=bool)
+        if not keep.all():
+            rows, cols, positions = rows[keep], cols[keep], positions[keep]
+            hashes = [h for h, k in zip(hashes, keep, strict=True) if k]
+        if not len(rows):
+            return
+        unique_rows, inverse = np.unique(rows, return_inverse=True)
+        first = np.zeros(len(unique_rows), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(rows))[::-1]
+        if from_source:
+            vectors = self.vectors.fetch(unique_rows, [hashes[i] for i in first],
+                                         positions[first])
+        else:
+            vectors = np.stack([self._outliers[int(r)] for r in unique_rows])
+        self.last_rechecked += len(rows)
+        dist = np.empty(len(rows), dtype=np.float64)
+        for col in np.unique(cols):  # exact_distances itself: the same bits as brute force
+            sel = cols == col
+            dist[sel] = exact_distances(vectors[inverse[sel]], faces[col])
+        for i in np.flatnonzero(dist <= tolerance):
+            h, d = hashes[i], float(dist[i])
+            if h not in best or d < best[h].distance:
+                best[h] = Match(h, d)
