@@ -7,7 +7,7 @@ PORT ?= 5000
 WORKERS ?= 2
 export PORT WORKERS PY
 
-.PHONY: help venv system-deps services up down demo test bench bench-quick clean
+.PHONY: help venv system-deps services up down demo test lint bench bench-quick clean
 
 help:
 	@echo "make up      start Redis/RabbitMQ if needed, rest + $(WORKERS) workers + logs, demo scan"
@@ -41,8 +41,13 @@ demo: venv
 down:
 	@scripts/down.sh
 
-test: venv services
+test: venv services lint
 	$(PY) -m pytest
+
+# Both must pass: ruff on the whole tree, mypy --strict on the packages (pyproject.toml).
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 $(VENV)/.bench-installed: requirements/bench.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements/bench.txt

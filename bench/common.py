@@ -14,9 +14,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -70,7 +70,8 @@ def machine() -> dict[str, str]:
     if dirty:
         commit += " + uncommitted changes"
     return {"cores": str(os.cpu_count()), "cpu": model, "memory": mem,
-            "python": platform.python_version(), "load": "%.2f %.2f %.2f" % os.getloadavg(),
+            "python": platform.python_version(),
+            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
@@ -182,7 +183,7 @@ def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (os.cpu_count() or 1) * busy / total if total else 0.0
 
 
-def main(run: Callable[[bool], "Section"], doc: str | None) -> None:
+def main(run: Callable[[bool], Section], doc: str | None) -> None:
     """Command line of one benchmark module: `python bench/X.py [--quick]` prints its table."""
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--quick", action="store_true")

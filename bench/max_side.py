@@ -20,6 +20,13 @@ import numpy as np
 
 from facerec import faces
 from facerec.matcher import exact_distances
+from facerec.settings import Settings
+
+DEFAULTS = Settings()
+
+
+def detect(img: np.ndarray, side: int) -> faces.Faces:
+    return faces.find_faces(img, DEFAULTS.detection_model, side, DEFAULTS.detect_upsample)
 
 FACES = Path(__file__).resolve().parent.parent / "tests" / "data" / "faces"
 
@@ -35,7 +42,8 @@ def decisions(encodings: dict[str, np.ndarray], tol: float = 0.6) -> dict[tuple[
 
 def main() -> None:
     sides = [int(s) for s in sys.argv[1:]] or [0, 640, 800, 1024, 1280]
-    rows = list(csv.DictReader(open(FACES / "labels.csv")))
+    with open(FACES / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
     truth = {}
     ids = {r["path"]: set(r["identities"].split(";")) - {"unknown_child", "unknown_adult"}
            for r in rows}
@@ -45,11 +53,12 @@ def main() -> None:
     images = {r["path"]: faces.decode((FACES / r["path"]).read_bytes(), 10**9) for r in rows}
     expected_faces = {r["path"]: int(r["faces"]) for r in rows}
     results = {}
-    print("| max side | seconds (26 photos) | faces found = labels | pairs = labels | pairs = full size |")
+    print("| max side | seconds (26 photos) | faces found = labels | pairs = labels "
+          "| pairs = full size |")
     print("|---|---|---|---|---|")
     for side in sides:
         start = time.perf_counter()
-        found = {p: faces.find_faces(img, max_side=side) for p, img in images.items()}
+        found = {p: detect(img, side) for p, img in images.items()}
         seconds = time.perf_counter() - start
         dec = decisions({p: f.encodings for p, f in found.items()})
         results[side] = dec
@@ -65,7 +74,7 @@ def main() -> None:
     tiled = {p: np.tile(img, (3, 3, 1)) for p, img in images.items()}
     for side in [s for s in sides if s]:
         start = time.perf_counter()
-        found_n = sum(len(faces.find_faces(img, max_side=side).boxes) for img in tiled.values())
+        found_n = sum(len(detect(img, side).boxes) for img in tiled.values())
         print(f"| {side} | {found_n}/{9 * sum(expected_faces.values())} | "
               f"{time.perf_counter() - start:.1f} |", flush=True)
 

@@ -26,14 +26,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (FACES, Section, log, main, percentile, services,  # noqa: E402
-                          start_rest, verdict)
-from facerec import faces  # noqa: E402
-from facerec.broker import Broker  # noqa: E402
-from facerec.faces import Faces  # noqa: E402
-from facerec.messages import ImageMessage  # noqa: E402
-from facerec.pipeline import Processor  # noqa: E402
-from facerec.store import Store  # noqa: E402
+from bench.common import FACES, Section, log, main, percentile, services, start_rest, verdict
+from facerec import faces
+from facerec.broker import Broker
+from facerec.faces import Faces
+from facerec.messages import ImageMessage
+from facerec.pipeline import Processor
+from facerec.store import Store
 
 CLIENTS = 8
 TARGET_SEQ_P50_MS = 3.0

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import services, start_rest, start_worker  # noqa: E402
-from tests.services import http, photos, wait_until  # noqa: E402
+from bench.common import services, start_rest, start_worker
+from tests.services import http, photos, wait_until
 
 
 def run(workers: int) -> float:

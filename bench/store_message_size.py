@@ -22,12 +22,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pika  # noqa: E402
+import pika
 
-from facerec.broker import IMAGE_QUEUE, connection_parameters  # noqa: E402
-from facerec.settings import Settings  # noqa: E402
-from tests.services import (Env, RedisServer, Vhost, free_port, http, reset_vhost,  # noqa: E402
-                            wait_until)
+from facerec.broker import IMAGE_QUEUE, connection_parameters
+from facerec.settings import Settings
+from tests.services import Env, RedisServer, Vhost, free_port, http, reset_vhost, wait_until
 
 
 def noise_jpeg(megabytes: float) -> bytes:

@@ -32,13 +32,24 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (FACES, Section, busy_cores, cpu_seconds, log, main,  # noqa: E402
-                          machine_jiffies, services, start_rest, start_worker, verdict)
-from facerec import broker as amqp  # noqa: E402
-from facerec.messages import sha256_hex  # noqa: E402
-from facerec.settings import Settings  # noqa: E402
-from facerec.store import META, image_key  # noqa: E402
-from tests.services import Env, photos, reset_vhost  # noqa: E402
+from bench.common import (
+    FACES,
+    Section,
+    busy_cores,
+    cpu_seconds,
+    log,
+    machine_jiffies,
+    main,
+    services,
+    start_rest,
+    start_worker,
+    verdict,
+)
+from facerec import broker as amqp
+from facerec.messages import sha256_hex
+from facerec.settings import Settings
+from facerec.store import META, image_key
+from tests.services import Env, photos, reset_vhost
 
 SCALES_FULL = (1.0, 0.85)
 SCALES_QUICK = (1.0,)
@@ -176,7 +187,7 @@ def run(quick: bool = False) -> Section:
         with services() as env:
             url = start_rest(env)
             loop_a, pipe_1 = [], []
-            for r in range(rounds):
+            for _ in range(rounds):
                 loop_a.append(plain_loop(paths, max_side))
                 log(f"throughput: loop (a) {loop_a[-1][0]:.1f}s")
                 pipe_1.append(pipeline_run(env, url, paths, 1))
@@ -197,7 +208,8 @@ def run(quick: bool = False) -> Section:
         return f"{x[2] / x[0]:.2f} / {x[3]:.2f}"
     rows = [
         ["plain face_recognition loop (a): project detection settings (max side "
-         f"{max_side})", f"{a[0]:.1f}", f"{rate['a']:.2f}", cpu(a), cores(a), a[1], "reference", "–"],
+         f"{max_side})", f"{a[0]:.1f}", f"{rate['a']:.2f}", cpu(a), cores(a), a[1], "reference",
+         "–"],
         ["plain face_recognition loop (b): library defaults (full resolution)",
          f"{loop_b[0]:.1f}", f"{rate['b']:.2f}", cpu(loop_b), cores(loop_b), loop_b[1],
          f"(a) is {rate['a'] / rate['b']:.2f}× (b)", "–"],
@@ -217,10 +229,12 @@ def run(quick: bool = False) -> Section:
     runs = ", ".join(f"{x[0]:.1f}" for x in loop_a)
     runs1 = ", ".join(f"{x[0]:.1f}" for x in pipe_1)
     section.note(f"{n} distinct JPEGs ({megapixels:.0f} megapixels) derived from "
-                 f"{'13 of ' if quick else ''}the 26 shared photos at scales {', '.join(map(str, SCALES_QUICK if quick else SCALES_FULL))}. "
+                 f"{'13 of ' if quick else ''}the 26 shared photos at scales "
+                 f"{', '.join(map(str, SCALES_QUICK if quick else SCALES_FULL))}. "
                  f"Pipeline time runs from the first upload to the last commit (workers "
                  f"started and consuming beforehand; rest, Redis and RabbitMQ on the same "
-                 f"2 cores); its CPU columns count the worker processes only. \"Busy on the machine\" "
+                 f"2 cores); its CPU columns count the worker processes only. "
+                 f"\"Busy on the machine\" "
                  f"counts every process (other users' too) from /proc/stat: when it nears 2 "
                  f"while the run itself uses less, the run was short of CPU. Runs of (a): "
                  f"{runs} s; of the 1-worker pipeline: {runs1} s (fastest kept).")

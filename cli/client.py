@@ -17,7 +17,7 @@ class ClientError(Exception):
 @dataclass(frozen=True)
 class Scanned:
     image_hash: str
-    outcome: str  # queued | duplicate | known_url (see rest.app)
+    outcome: str  # queued | duplicate | known_url (see rest.scan)
 
 
 class Client:

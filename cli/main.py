@@ -11,21 +11,32 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from facerec.client import Client, ClientError
+from cli.client import Client, ClientError
+from facerec.deadletters import list_dead, requeue_dead
 from facerec.errors import BrokerUnavailable
 from facerec.messages import is_image_hash, sha256_hex
 from facerec.settings import Settings
+from facerec.topiclog import component_of, follow
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 err = Console(stderr=True, soft_wrap=True)
@@ -271,23 +282,24 @@ COMPONENT_STYLE = {"rest": "cyan", "worker": "green", "logs": "magenta"}
 @click.pass_obj
 def logs(ctx: Ctx, pattern: str, seconds: float | None) -> None:
     """Follow the logs exchange (RABBITMQ_* settings), e.g. PATTERN '*.worker.info'."""
-    from logs.listener import listen
-
     def emit(key: str, text: str) -> None:
         if ctx.as_json:
             print(json.dumps({"key": key, "message": text}), flush=True)
             return
-        parts = key.split(".")
-        component = parts[-2] if len(parts) >= 3 else ""
-        level = parts[-1]
+        component, level = component_of(key)
         style = COMPONENT_STYLE.get(component, "white")
         out.print(f"[{style}]{key}[/{style}] " + (f"[dim]{text}[/dim]" if level == "debug"
                                                    else text), highlight=False)
 
+    stop = threading.Event()
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
     try:
-        listen(Settings.from_env(), pattern, emit, stop_after=seconds)
+        follow(Settings.from_env(), pattern, emit, stop)
     except KeyboardInterrupt:
-        pass
+        stop.set()
 
 
 @cli.group()
@@ -300,8 +312,6 @@ def dead() -> None:
 @click.pass_obj
 def dead_list(ctx: Ctx, limit: int | None) -> None:
     """Show each dead letter: hash, name, deliveries and reason (the queue is unchanged)."""
-    from facerec.deadletters import list_dead
-
     letters = list_dead(Settings.from_env(), limit)
     if ctx.as_json:
         out.print_json(json.dumps([{"hash": d.image_hash or None, "name": d.name or None,
@@ -319,8 +329,6 @@ def dead_list(ctx: Ctx, limit: int | None) -> None:
 @click.pass_obj
 def dead_requeue(ctx: Ctx, limit: int | None) -> None:
     """Send dead letters back to the workers, with their full number of attempts."""
-    from facerec.deadletters import requeue_dead
-
     moved = requeue_dead(Settings.from_env(), limit)
     if ctx.as_json:
         out.print_json(json.dumps({"requeued": moved}))

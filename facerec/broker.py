@@ -1,23 +1,47 @@
-"""Everything about RabbitMQ: names, topology, connections, confirmed publishing.
+"""Everything about RabbitMQ: names, topology, connections, publishing and consuming.
+
+No other module imports pika. Three ways in:
+
+- `Broker`: one connection owned by a background I/O thread, which any thread may use:
+  confirmed publishing (images, dead-letter requeues), fire-and-forget publishing (topic
+  logs), queue depth, reading the dead-letter queue. While idle the thread keeps the
+  connection's heartbeats, so the broker never drops it as dead.
+- `Consumer`: the worker's side. Deliveries are handed to a second thread while this
+  one keeps the I/O loop (and heartbeats) going; the handler's `Verdict` is settled back
+  on the I/O thread: ack, requeue, or dead-letter with the reason.
+- `subscribe`: a private queue bound to the logs exchange (the log listener).
 
 The image queue is a durable quorum queue shared by all workers (competing consumers), so
-images published while no worker runs wait there. The broker counts deliveries of each
-message (x-delivery-count) and dead-letters one that exceeds MAX_DELIVERIES — crashes
-included; a worker dead-letters permanent failures itself, with the reason in a header.
+images published while no worker runs wait there. RabbitMQ counts the deliveries of each
+message (x-delivery-count); the worker dead-letters a message past MAX_DELIVERIES itself
+(facerec.retry.admit), and the queue's own `x-delivery-limit` is the backstop for a
+message that kills every worker before any code of ours runs.
 """
 
 from __future__ import annotations
 
+import functools
+import queue
+import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
+import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
 from facerec.errors import BrokerUnavailable
 from facerec.messages import CONTENT_TYPE, ImageMessage
-from facerec.settings import Settings
+from facerec.retry import Backoff, Verdict, retry
+from facerec.settings import DELIVERY_CEILING, Settings
+
+T = TypeVar("T")
 
 WORK_EXCHANGE = "toWorker"
 LOG_EXCHANGE = "logs"
@@ -26,26 +50,28 @@ IMAGE_ROUTING_KEY = "image"
 DEAD_EXCHANGE = "toWorker.dead"
 DEAD_QUEUE = "toWorker.images.dead"
 DEAD_ROUTING_KEY = "dead"
-# Fixed, not a setting: queue arguments must be identical wherever the queue is declared.
-MAX_DELIVERIES = 5
 ERROR_HEADER = "x-facerec-error"
 # Deliveries before a worker dead-lettered the message. Not x-delivery-count: the dead-letter
 # queue counts its own deliveries under that name, so a copy would be overwritten.
 ATTEMPTS_HEADER = "x-facerec-attempts"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+# Headers describing a past life as a dead letter: dropped when the message is requeued.
+DEAD_LETTER_HEADERS = frozenset({ERROR_HEADER, ATTEMPTS_HEADER, DELIVERY_COUNT_HEADER,
+                                 "x-death"})
+_DEAD_LETTER_PREFIXES = ("x-first-death-", "x-last-death-")
 
 AMQP_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
+_RECONNECT: tuple[type[BaseException], ...] = (BrokerUnavailable, *AMQP_ERRORS)
 
 
-def connection_parameters(settings: Settings, heartbeat: int | None = None
-                          ) -> pika.ConnectionParameters:
+def connection_parameters(settings: Settings, name: str = "facerec") -> pika.ConnectionParameters:
     return pika.ConnectionParameters(
         host=settings.rabbitmq_host, port=settings.rabbitmq_port,
         virtual_host=settings.rabbitmq_vhost,
         credentials=pika.PlainCredentials(settings.rabbitmq_user, settings.rabbitmq_password),
-        heartbeat=settings.rabbitmq_heartbeat if heartbeat is None else heartbeat,
+        heartbeat=settings.rabbitmq_heartbeat,
         connection_attempts=1, socket_timeout=3, stack_timeout=5,
-        blocked_connection_timeout=10, client_properties={"connection_name": "facerec"})
+        blocked_connection_timeout=10, client_properties={"connection_name": name})
 
 
 def declare_topology(channel: BlockingChannel) -> None:
@@ -57,11 +83,34 @@ def declare_topology(channel: BlockingChannel) -> None:
     channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key=DEAD_ROUTING_KEY)
     channel.queue_declare(IMAGE_QUEUE, durable=True, arguments={
         "x-queue-type": "quorum",
-        "x-delivery-limit": MAX_DELIVERIES - 1,
+        "x-delivery-limit": DELIVERY_CEILING - 1,
         "x-dead-letter-exchange": DEAD_EXCHANGE,
         "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
     })
     channel.queue_bind(IMAGE_QUEUE, WORK_EXCHANGE, routing_key=IMAGE_ROUTING_KEY)
+
+
+def connect(settings: Settings, name: str = "facerec"
+            ) -> tuple[pika.BlockingConnection, BlockingChannel]:
+    """A new connection with a confirming channel on which the topology is declared."""
+    connection: pika.BlockingConnection | None = None
+    try:
+        connection = pika.BlockingConnection(connection_parameters(settings, name))
+        channel = connection.channel()
+        declare_topology(channel)
+        channel.confirm_delivery()
+        return connection, channel
+    except AMQP_ERRORS as exc:
+        _close_quietly(connection)
+        raise BrokerUnavailable(f"RabbitMQ unreachable: {exc!r}") from exc
+
+
+def _close_quietly(connection: pika.BlockingConnection | None) -> None:
+    if connection is not None and connection.is_open:
+        try:
+            connection.close()
+        except AMQP_ERRORS:
+            pass
 
 
 def delivery_attempt(headers: Mapping[str, Any] | None) -> int:
@@ -70,87 +119,353 @@ def delivery_attempt(headers: Mapping[str, Any] | None) -> int:
     return int(count) + 1 if isinstance(count, int) else 1
 
 
-class Broker:
-    """One lazily opened connection and confirming channel. Not thread-safe: one per thread."""
+def dead_letter_headers(headers: Mapping[str, Any] | None, reason: str) -> dict[str, Any]:
+    """A dead letter's headers: the message's own, with why it failed and after how many."""
+    kept = dict(headers) if isinstance(headers, Mapping) else {}
+    kept[ERROR_HEADER] = reason[:1000]
+    kept[ATTEMPTS_HEADER] = delivery_attempt(headers)
+    return kept
 
-    def __init__(self, settings: Settings, heartbeat: int | None = None) -> None:
+
+def without_dead_letter_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The headers a message had before it was dead-lettered (for a requeue)."""
+    return {k: v for k, v in (headers or {}).items()
+            if k not in DEAD_LETTER_HEADERS and not k.startswith(_DEAD_LETTER_PREFIXES)}
+
+
+def _properties(headers: Mapping[str, Any] | None, content_type: str | None,
+                persistent: bool = True) -> pika.BasicProperties:
+    return pika.BasicProperties(content_type=content_type, delivery_mode=2 if persistent else 1,
+                                headers=None if headers is None else dict(headers),
+                                timestamp=int(time.time()))
+
+
+def _publish(channel: BlockingChannel, exchange: str, routing_key: str, body: bytes,
+             properties: pika.BasicProperties) -> None:
+    """Publish on a confirming channel: returns once the broker has stored the message."""
+    try:
+        channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+    except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+        raise BrokerUnavailable(f"RabbitMQ did not accept the message: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A received message, as the handler sees it."""
+
+    headers: Mapping[str, Any] | None  # None: the message had no headers table
+    content_type: str | None
+    body: bytes
+    attempt: int  # 1 for the first delivery (see delivery_attempt)
+
+
+@dataclass(frozen=True)
+class DeadMessage:
+    headers: Mapping[str, Any]
+    content_type: str | None
+    body: bytes
+
+
+@dataclass
+class _Call:
+    fn: Callable[[BlockingChannel], Any]
+    future: Future[Any] | None  # None: fire and forget
+
+
+class Broker:
+    """One connection owned by a background I/O thread; thread-safe.
+
+    `call(fn)` runs fn(channel) on that thread and returns its result; a call whose
+    connection fails is tried once more on a new connection (the first use of a connection
+    the broker dropped fails, and so, now and then, does a declare racing another
+    client's). Fire-and-forget calls (`publish_nowait`) wait in a bounded queue and are
+    dropped, and counted, when it is full or RabbitMQ is down; after such a failure the
+    thread backs off before it connects again.
+    """
+
+    def __init__(self, settings: Settings, name: str = "facerec", capacity: int = 10_000,
+                 on_drop: Callable[[BaseException, float], None] | None = None) -> None:
         self._settings = settings
-        self._heartbeat = heartbeat
+        self._name = name
+        self._calls: queue.Queue[_Call | None] = queue.Queue(capacity)
+        self._on_drop = on_drop
+        self._backoff = Backoff(first=0.5, maximum=30.0)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._closed = False
+        self.dropped = 0
+        # Heartbeats are answered when the thread looks at the socket: more often than the
+        # negotiated interval, so an idle connection is never taken for a dead one.
+        self._idle = max(0.2, min(5.0, settings.rabbitmq_heartbeat / 4))
+        self._thread = threading.Thread(target=self._run, name=f"amqp-{name}", daemon=True)
+        self._thread.start()
 
-    @property
-    def connection(self) -> pika.BlockingConnection:
-        self.channel  # noqa: B018 - opens the connection
-        assert self._connection is not None
-        return self._connection
+    # -- any thread -----------------------------------------------------------------------
 
-    @property
-    def channel(self) -> BlockingChannel:
-        if self._channel is None or not self._channel.is_open:
-            self.reset()
-            try:
-                self._connection = pika.BlockingConnection(
-                    connection_parameters(self._settings, self._heartbeat))
-                channel = self._connection.channel()
-                declare_topology(channel)
-                channel.confirm_delivery()
-            except AMQP_ERRORS as exc:
-                self.reset()
-                raise BrokerUnavailable(f"RabbitMQ unreachable: {exc!r}") from exc
-            self._channel = channel
-        return self._channel
-
-    def reset(self) -> None:
-        """Forget the connection (after an error); the next use opens a new one."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except AMQP_ERRORS:
-                pass
-
-    close = reset
-
-    def ping(self) -> bool:
+    def call(self, fn: Callable[[BlockingChannel], T], timeout: float = 15.0) -> T:
+        """Run fn(channel) on the I/O thread; BrokerUnavailable if it cannot be done."""
+        if self._closed:
+            raise BrokerUnavailable("the broker connection is closed")
+        future: Future[T] = Future()
         try:
-            self.channel.connection.process_data_events(time_limit=0)
-            return True
-        except (BrokerUnavailable, *AMQP_ERRORS):
-            self.reset()
-            return False
+            self._calls.put(_Call(fn, future), timeout=timeout)
+        except queue.Full:
+            raise BrokerUnavailable("too many RabbitMQ operations waiting") from None
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            # Not started yet: it never will be, so an error answer means nothing was sent.
+            future.cancel()
+            raise BrokerUnavailable(f"RabbitMQ did not answer within {timeout:.0f}s") from None
 
-    def _publish(self, exchange: str, routing_key: str, body: bytes,
-                 headers: Mapping[str, Any], content_type: str | None) -> None:
-        props = pika.BasicProperties(content_type=content_type, delivery_mode=2,
-                                     headers=dict(headers), timestamp=int(time.time()))
-        # One retry on a new connection: the first use of a connection the broker dropped
-        # (restart) fails, and so, now and then, does a declare racing another client's.
-        for attempt in (1, 2):
-            try:
-                self.channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
-                return
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                raise BrokerUnavailable(f"RabbitMQ did not accept the message: {exc!r}") from exc
-            except (BrokerUnavailable, *AMQP_ERRORS) as exc:
-                self.reset()
-                if attempt == 2:
-                    if isinstance(exc, BrokerUnavailable):
-                        raise
-                    raise BrokerUnavailable(f"publish failed: {exc!r}") from exc
+    def publish(self, exchange: str, routing_key: str, body: bytes,
+                headers: Mapping[str, Any] | None = None, content_type: str | None = None
+                ) -> None:
+        """Publish a persistent message; returns once the broker confirmed it is stored."""
+        props = _properties(headers, content_type)
+        self.call(lambda ch: _publish(ch, exchange, routing_key, body, props))
 
     def publish_image(self, msg: ImageMessage) -> None:
         """Queue an image; returns once the broker confirmed it is stored."""
-        self._publish(WORK_EXCHANGE, IMAGE_ROUTING_KEY, msg.body, msg.headers(), CONTENT_TYPE)
+        self.publish(WORK_EXCHANGE, IMAGE_ROUTING_KEY, msg.body, msg.headers(), CONTENT_TYPE)
 
-    def publish_dead(self, headers: Mapping[str, Any] | None, content_type: str | None,
-                     body: bytes, reason: str) -> None:
-        """Put a message in the dead-letter queue, with why it failed."""
-        kept = dict(headers) if isinstance(headers, Mapping) else {}
-        kept[ERROR_HEADER] = reason[:1000]
-        kept[ATTEMPTS_HEADER] = delivery_attempt(headers)
-        self._publish(DEAD_EXCHANGE, DEAD_ROUTING_KEY, body, kept, content_type)
+    def publish_nowait(self, exchange: str, routing_key: str, body: bytes,
+                       content_type: str | None = None) -> bool:
+        """Queue a transient message for publishing (no confirm); False if dropped."""
+        props = _properties(None, content_type, persistent=False)
 
-    def queue_depth(self, queue: str = IMAGE_QUEUE) -> int:
-        """Messages ready in `queue` (unacknowledged ones are not counted)."""
-        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+        def send(ch: BlockingChannel) -> None:
+            ch.basic_publish(exchange, routing_key, body, props)
+        try:
+            self._calls.put_nowait(_Call(send, None))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def queue_depth(self, name: str = IMAGE_QUEUE) -> int:
+        """Messages ready in a queue (unacknowledged ones are not counted)."""
+        return self.call(lambda ch: int(ch.queue_declare(name, passive=True)
+                                        .method.message_count))
+
+    def ping(self, timeout: float = 5.0) -> bool:
+        try:
+            self.call(lambda ch: None, timeout=timeout)
+            return True
+        except BrokerUnavailable:
+            return False
+
+    def peek_dead(self, limit: int | None = None) -> list[DeadMessage]:
+        """The dead letters (at most `limit`), oldest first, left in their queue."""
+        def peek(ch: BlockingChannel) -> list[DeadMessage]:
+            found: list[DeadMessage] = []
+            try:
+                while limit is None or len(found) < limit:
+                    method, props, body = ch.basic_get(DEAD_QUEUE, auto_ack=False)
+                    if method is None:
+                        break
+                    found.append(DeadMessage(props.headers or {}, props.content_type, body))
+            finally:
+                if found:
+                    ch.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+            return found
+        return self.call(peek)
+
+    def requeue_dead(self, limit: int | None = None) -> int:
+        """Move dead letters back to the work exchange, without their dead-letter headers.
+
+        Each copy is confirmed before its dead letter is acknowledged (a crash in between
+        leaves a duplicate, which the commit deduplicates, never a loss). Only what is
+        there at the start is moved, so one dead-lettered again at once is not looped.
+        """
+        def move(ch: BlockingChannel) -> int:
+            present = int(ch.queue_declare(DEAD_QUEUE, passive=True).method.message_count)
+            todo = present if limit is None else min(limit, present)
+            moved = 0
+            while moved < todo:
+                method, props, body = ch.basic_get(DEAD_QUEUE, auto_ack=False)
+                if method is None:
+                    break
+                _publish(ch, WORK_EXCHANGE, IMAGE_ROUTING_KEY, body, _properties(
+                    without_dead_letter_headers(props.headers), props.content_type))
+                ch.basic_ack(method.delivery_tag)
+                moved += 1
+            return moved
+        return self.call(move, timeout=120.0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (up to `timeout`), then close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._calls.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    # -- the I/O thread -------------------------------------------------------------------
+
+    def _channel_now(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self._reset()
+            self._connection, self._channel = connect(self._settings, self._name)
+        return self._channel
+
+    def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        _close_quietly(connection)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._calls.get(timeout=self._idle)
+            except queue.Empty:
+                self._keep_alive()
+                continue
+            if item is None:
+                break
+            if item.future is not None and not item.future.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting
+            try:
+                result = retry(functools.partial(self._apply, item.fn), on=_RECONNECT,
+                               backoff=Backoff(first=0.0), attempts=2,
+                               log=lambda _exc, _delay: self._reset())
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                self._failed(item, exc)
+                continue
+            self._backoff.reset()
+            if item.future is not None:
+                item.future.set_result(result)
+        self._reset()
+
+    def _apply(self, fn: Callable[[BlockingChannel], T]) -> T:
+        return fn(self._channel_now())
+
+    def _failed(self, item: _Call, exc: Exception) -> None:
+        if isinstance(exc, AMQP_ERRORS):
+            self._reset()
+            exc = BrokerUnavailable(f"RabbitMQ operation failed: {exc!r}")
+        if item.future is not None:
+            item.future.set_exception(exc)
+            return
+        self.dropped += 1
+        delay = self._backoff.next()
+        if self._on_drop is not None:
+            self._on_drop(exc, delay)
+        time.sleep(delay)
+
+    def _keep_alive(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            try:
+                self._connection.process_data_events(time_limit=0)
+            except AMQP_ERRORS:
+                self._reset()
+
+
+Handler = Callable[[Delivery], Verdict]
+
+
+class Consumer:
+    """Consume a queue: each delivery is handled on a second thread, settled on this one.
+
+    Each delivery ends in exactly one of ack, nack-requeue, or dead-letter (a confirmed
+    publish to the dead-letter exchange with the reason, then ack). A lost connection is
+    re-opened with backoff; a delivery whose handler finishes after its connection was
+    lost is redelivered by RabbitMQ (the handler must be idempotent: the commit is).
+    """
+
+    def __init__(self, settings: Settings, handle: Handler, *, stopping: threading.Event,
+                 tick: Callable[[], None], on_error: Callable[[BaseException, float], None],
+                 on_consume: Callable[[], None], queue_name: str = IMAGE_QUEUE) -> None:
+        self._settings = settings
+        self._handle = handle
+        self._stopping = stopping
+        self._tick = tick
+        self._on_error = on_error
+        self._on_consume = on_consume
+        self._queue = queue_name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery")
+        self._busy = 0
+
+    def run(self) -> None:
+        """Consume until `stopping` is set and the current delivery is settled."""
+        def on_error(exc: BaseException, delay: float) -> None:
+            self._tick()
+            self._on_error(exc, delay)
+        try:
+            retry(self._session, on=_RECONNECT, backoff=Backoff(first=0.5, maximum=10.0),
+                  stop=self._stopping, log=on_error)
+        except _RECONNECT:
+            pass  # stopped while RabbitMQ was away: unsettled deliveries are redelivered
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _session(self) -> None:
+        # The image thread may still finish a delivery of a lost connection; its settlement
+        # would go to a dead channel, so it is no longer counted.
+        self._busy = 0
+        connection, channel = connect(self._settings, "facerec-worker")
+        try:
+            channel.basic_qos(prefetch_count=self._settings.prefetch)
+            tag: str | None = channel.basic_consume(
+                self._queue, partial(self._on_message, connection))
+            self._on_consume()
+            while not self._stopping.is_set() or self._busy:
+                self._tick()
+                if self._stopping.is_set() and tag is not None:
+                    channel.basic_cancel(tag)
+                    tag = None
+                connection.process_data_events(time_limit=1)
+        finally:
+            _close_quietly(connection)
+
+    def _on_message(self, connection: pika.BlockingConnection, channel: BlockingChannel,
+                    method: pika.spec.Basic.Deliver, props: pika.BasicProperties,
+                    body: bytes) -> None:
+        self._busy += 1
+        delivery = Delivery(props.headers, props.content_type, body,
+                            delivery_attempt(props.headers))
+        future = self._executor.submit(self._handle, delivery)
+        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
+            partial(self._settle, channel, method.delivery_tag, delivery, f)))
+
+    def _settle(self, channel: BlockingChannel, tag: int, delivery: Delivery,
+                future: Future[Verdict]) -> None:
+        self._busy = max(0, self._busy - 1)
+        if not channel.is_open:
+            return  # RabbitMQ redelivers it
+        try:
+            verdict = future.result()
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not lose the message
+            verdict = Verdict("requeue", f"handler failed: {exc!r}")
+        if verdict.action == "requeue":
+            channel.basic_nack(tag, requeue=True)
+            return
+        if verdict.action == "dead":
+            _publish(channel, DEAD_EXCHANGE, DEAD_ROUTING_KEY, delivery.body, _properties(
+                dead_letter_headers(delivery.headers, verdict.reason), delivery.content_type))
+        channel.basic_ack(tag)
+
+
+def subscribe(settings: Settings, pattern: str, on_message: Callable[[str, bytes], None],
+              stop: threading.Event,
+              on_error: Callable[[BaseException, float], None] | None = None) -> None:
+    """Call on_message(routing_key, body) for each message of the logs exchange matching
+    `pattern`, on a private queue, until `stop` is set; reconnects with backoff."""
+    def session() -> None:
+        connection, channel = connect(settings, "facerec-logs")
+        try:
+            name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            channel.queue_bind(name, LOG_EXCHANGE, routing_key=pattern)
+            channel.basic_consume(name, lambda _ch, method, _props, body: on_message(
+                method.routing_key, body), auto_ack=True)
+            while not stop.is_set():
+                connection.process_data_events(time_limit=0.25)
+        finally:
+            _close_quietly(connection)
+    try:
+        retry(session, on=_RECONNECT, backoff=Backoff(first=0.5, maximum=10.0), stop=stop,
+              log=on_error)
+    except _RECONNECT:
+        pass  # stopped while RabbitMQ was away

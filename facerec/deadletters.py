@@ -15,18 +15,12 @@ between leaves a duplicate, which the workers' commit deduplicates, never a loss
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-import pika
-
-from facerec.broker import (ATTEMPTS_HEADER, DEAD_QUEUE, DELIVERY_COUNT_HEADER, ERROR_HEADER,
-                            IMAGE_ROUTING_KEY, MAX_DELIVERIES, WORK_EXCHANGE, Broker)
-from facerec.settings import Settings
-
-# Headers describing a past life as a dead letter: dropped when the message is requeued.
-_STRIPPED = frozenset({ERROR_HEADER, ATTEMPTS_HEADER, DELIVERY_COUNT_HEADER, "x-death"})
-_STRIPPED_PREFIXES = ("x-first-death-", "x-last-death-")
+from facerec.broker import ATTEMPTS_HEADER, ERROR_HEADER, Broker
+from facerec.settings import DELIVERY_CEILING, Settings
 
 
 @dataclass(frozen=True)
@@ -57,54 +51,25 @@ def describe(headers: Mapping[str, Any] | None) -> DeadLetter:
     queue = _text(death.get("queue")) if isinstance(death, Mapping) else ""
     if why == "delivery_limit":
         return DeadLetter(image_hash, name,
-                          f"delivered {MAX_DELIVERIES} times without being settled (the "
-                          f"worker crashed or lost its connection each time)", MAX_DELIVERIES)
+                          f"delivered {DELIVERY_CEILING} times without being settled (the "
+                          f"worker crashed or lost its connection each time)", DELIVERY_CEILING)
     return DeadLetter(image_hash, name, f"dead-lettered by RabbitMQ: {why or 'unknown'}"
                       + (f" in {queue}" if queue else ""), 0)
 
 
 def list_dead(settings: Settings, limit: int | None = None) -> list[DeadLetter]:
     """Every dead letter (at most `limit`), oldest first; the queue is left as it was."""
-    broker = Broker(settings)
+    broker = Broker(settings, name="facerec-dead")
     try:
-        channel = broker.channel
-        found: list[DeadLetter] = []
-        while limit is None or len(found) < limit:
-            method, props, _body = channel.basic_get(DEAD_QUEUE, auto_ack=False)
-            if method is None:
-                break
-            found.append(describe(props.headers))
-        if found:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-        return found
+        return [describe(m.headers) for m in broker.peek_dead(limit)]
     finally:
         broker.close()
 
 
 def requeue_dead(settings: Settings, limit: int | None = None) -> int:
-    """Move dead letters (at most `limit`) back to the work exchange; return how many.
-
-    Only the messages present when the call starts are moved, so one that a worker
-    dead-letters again at once is not requeued in a loop.
-    """
-    broker = Broker(settings)
-    moved = 0
+    """Move dead letters (at most `limit`) back to the work exchange; return how many."""
+    broker = Broker(settings, name="facerec-dead")
     try:
-        channel = broker.channel
-        present = broker.queue_depth(DEAD_QUEUE)
-        todo = present if limit is None else min(limit, present)
-        while moved < todo:
-            method, props, body = channel.basic_get(DEAD_QUEUE, auto_ack=False)
-            if method is None:
-                break
-            headers = {k: v for k, v in (props.headers or {}).items()
-                       if k not in _STRIPPED and not k.startswith(_STRIPPED_PREFIXES)}
-            # Confirmed (the channel is in confirm mode) before the dead letter is acked.
-            channel.basic_publish(WORK_EXCHANGE, IMAGE_ROUTING_KEY, body, pika.BasicProperties(
-                content_type=props.content_type, delivery_mode=2, headers=headers),
-                mandatory=True)
-            channel.basic_ack(method.delivery_tag)
-            moved += 1
-        return moved
+        return broker.requeue_dead(limit)
     finally:
         broker.close()

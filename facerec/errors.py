@@ -1,7 +1,8 @@
-"""The few errors the service distinguishes, mapped once by each entrypoint.
+"""Every error facerec raises on purpose: few, named, and mapped once by each entrypoint.
 
-Transient errors are retried with backoff (the message stays unacknowledged); permanent
-errors reach the caller as a JSON 4xx or put the message in the dead-letter queue.
+Transient errors say a dependency is unavailable for now: the work is retried with backoff
+(facerec.retry) and uses no delivery attempt. Permanent errors say retrying cannot help:
+rest answers a JSON 4xx, the worker dead-letters the message with the reason.
 """
 
 
@@ -29,9 +30,21 @@ class ForbiddenURL(PermanentError):
     """A URL refused before fetching: bad scheme, internal address, malformed."""
 
 
+class ImageMissing(PermanentError):
+    """The image store has no object for a hash a message refers to."""
+
+
 class TransientError(FacerecError):
-    """A dependency is unavailable for now: Redis, RabbitMQ."""
+    """A dependency is unavailable for now."""
 
 
 class BrokerUnavailable(TransientError):
     """RabbitMQ could not be reached or did not confirm a publish."""
+
+
+class RedisUnavailable(TransientError):
+    """Redis could not be reached, is loading, or refuses writes (out of memory, read-only)."""
+
+
+class ImageStoreUnavailable(TransientError):
+    """The image store (IMAGE_STORE) could not be reached or refused the operation."""

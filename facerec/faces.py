@@ -18,6 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facerec.errors import InvalidImage
 
+# A face encoding: dlib's 128 numbers, kept and compared as float32 (converted once, here).
+ENCODING_DIM = 128
+ENCODING_DTYPE = np.dtype("<f4")
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
 _UNDECODABLE = f"not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))})"
 Box = tuple[int, int, int, int]  # top, right, bottom, left (face_recognition's order)
@@ -87,7 +90,7 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Faces:
     boxes: list[Box]
-    encodings: np.ndarray  # (n, 128) float64 as dlib computes them
+    encodings: np.ndarray  # (n, ENCODING_DIM) of ENCODING_DTYPE
 
 
 @lru_cache(maxsize=1)
@@ -98,7 +101,8 @@ def _face_recognition() -> ModuleType:
         warnings.simplefilter("ignore", UserWarning)
         import face_recognition
 
-    return face_recognition
+    module: ModuleType = face_recognition
+    return module
 
 
 def load_models() -> None:
@@ -106,8 +110,7 @@ def load_models() -> None:
     _face_recognition()
 
 
-def find_faces(rgb: np.ndarray, model: str = "hog", max_side: int = 1024,
-               upsample: int = 1) -> Faces:
+def find_faces(rgb: np.ndarray, model: str, max_side: int, upsample: int) -> Faces:
     """Detect on a copy scaled to at most `max_side` pixels, encode at full resolution."""
     fr = _face_recognition()
     height, width = rgb.shape[:2]
@@ -124,6 +127,7 @@ def find_faces(rgb: np.ndarray, model: str = "hog", max_side: int = 1024,
         boxes.append((max(0, round(top / scale)), min(width, round(right / scale)),
                       min(height, round(bottom / scale)), max(0, round(left / scale))))
     if not boxes:
-        return Faces([], np.empty((0, 128)))
-    encodings = np.asarray(fr.face_encodings(rgb, known_face_locations=boxes))
+        return Faces([], np.empty((0, ENCODING_DIM), dtype=ENCODING_DTYPE))
+    encodings = np.asarray(fr.face_encodings(rgb, known_face_locations=boxes),
+                           dtype=ENCODING_DTYPE)
     return Faces(boxes, encodings)

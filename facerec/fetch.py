@@ -16,10 +16,12 @@ import ipaddress
 import re
 import socket
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from facerec.errors import FetchError, ForbiddenURL
+from facerec.messages import MAX_NAME_LENGTH
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,8 +69,9 @@ def legacy_ipv4_spelling(host: str) -> bool:
 
 def check_url(url: str) -> tuple[str, str, int]:
     """Return (scheme, host, port) of an acceptable http(s) URL, else raise ForbiddenURL."""
-    if not isinstance(url, str) or not url or len(url) > 2048:
-        raise ForbiddenURL("url must be a non-empty string of at most 2048 characters")
+    if not isinstance(url, str) or not url or len(url) > MAX_NAME_LENGTH:
+        raise ForbiddenURL(f"url must be a non-empty string of at most {MAX_NAME_LENGTH} "
+                           f"characters")
     if _UNSAFE_URL_CHARS.search(url):
         raise ForbiddenURL("URL contains whitespace or control characters")
     try:
@@ -180,7 +183,7 @@ class _DeadlineReader(io.RawIOBase):
             raise TimeoutError("fetch took too long (server too slow)")
         self._sock.settimeout(min(self._timeout, left))
         try:
-            return int(self._raw.readinto(buffer))
+            return self._raw.readinto(buffer) or 0
         except TimeoutError:
             if time.monotonic() >= self._deadline:
                 raise TimeoutError("fetch took too long (server too slow)") from None
@@ -240,6 +243,8 @@ def _connection(scheme: str, host: str, port: int, address: str, timeout: float,
 
         def connect(self) -> None:
             super().connect()
-            self.sock = _DeadlineSocket(self.sock, timeout, deadline)
+            # http.client types `sock` as a socket; ours only wraps recv with the deadline.
+            plain: socket.socket = self.sock  # type: ignore[has-type]
+            self.sock = _DeadlineSocket(plain, timeout, deadline)
 
     return Connection()

@@ -20,16 +20,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from facerec.errors import InvalidMessage, PermanentError, TransientError
+from facerec.errors import ImageMissing, ImageStoreUnavailable, InvalidMessage
 from facerec.settings import Settings
-
-
-class StoreUnavailable(TransientError):
-    """The image store could not be reached or refused the operation."""
-
-
-class ImageMissing(PermanentError):
-    """The store has no object for a hash a message refers to."""
 
 
 class ImageStore(Protocol):
@@ -108,7 +100,7 @@ class LocalStore(_ObjectStore):
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
+            raise ImageStoreUnavailable(f"cannot write {path}: {exc}") from exc
         return True
 
     def read(self, image_hash: str) -> bytes | None:
@@ -117,7 +109,7 @@ class LocalStore(_ObjectStore):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreUnavailable(f"cannot read {image_hash}: {exc}") from exc
+            raise ImageStoreUnavailable(f"cannot read {image_hash}: {exc}") from exc
 
     def delete(self, image_hash: str) -> None:
         (self.root / image_hash).unlink(missing_ok=True)
@@ -133,7 +125,8 @@ class GCSStore(_ObjectStore):
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             from google.auth.credentials import AnonymousCredentials
 
-            client = storage.Client(project="facerec-local", credentials=AnonymousCredentials())
+            client = storage.Client(project="facerec-local",
+                                    credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
         else:
             client = storage.Client()  # Application Default Credentials / workload identity
         self.bucket_name = bucket
@@ -164,8 +157,8 @@ class GCSStore(_ObjectStore):
                                     retry=self.retry)
         except exceptions.PreconditionFailed:
             return False
-        except Exception as exc:  # noqa: BLE001 - google-cloud raises many types
-            raise StoreUnavailable(f"upload to {self.ref(image_hash)} failed: {exc}") from exc
+        except Exception as exc:  # google-cloud raises many types
+            raise ImageStoreUnavailable(f"upload to {self.ref(image_hash)} failed: {exc}") from exc
         return True
 
     def read(self, image_hash: str) -> bytes | None:
@@ -176,8 +169,9 @@ class GCSStore(_ObjectStore):
                 timeout=self.timeout, retry=self.retry))
         except exceptions.NotFound:
             return None
-        except Exception as exc:  # noqa: BLE001
-            raise StoreUnavailable(f"download of {self.ref(image_hash)} failed: {exc}") from exc
+        except Exception as exc:
+            raise ImageStoreUnavailable(f"download of {self.ref(image_hash)} failed: "
+                                        f"{exc}") from exc
 
     def delete(self, image_hash: str) -> None:
         from google.api_core import exceptions
@@ -187,8 +181,8 @@ class GCSStore(_ObjectStore):
                                                              retry=self.retry)
         except exceptions.NotFound:
             pass
-        except Exception as exc:  # noqa: BLE001
-            raise StoreUnavailable(f"delete of {self.ref(image_hash)} failed: {exc}") from exc
+        except Exception as exc:
+            raise ImageStoreUnavailable(f"delete of {self.ref(image_hash)} failed: {exc}") from exc
 
 
 def open_store(settings: Settings) -> ImageStore:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from facerec.errors import InvalidMessage
 
@@ -22,11 +23,15 @@ INLINE_SCHEMA = 1
 STORED_SCHEMA = 2
 CONTENT_TYPE = "application/octet-stream"
 KINDS = frozenset({"upload", "url"})
+# The longest name (a file name, or a URL) and the longest URL accepted, in characters.
 MAX_NAME_LENGTH = 2048
 # The HTTP response header in which rest says what a scan did (queued, duplicate,
 # known_url); the JSON body stays the lab's {"hash": ...}.
 OUTCOME_HEADER = "X-Facerec-Outcome"
-_HASH = re.compile(r"^[0-9a-f]{64}$")
+# An image is named by the SHA-256 of its bytes (the OpenAPI document uses the same pattern).
+HASH_PATTERN = "^[0-9a-f]{64}$"
+HASH_DESCRIPTION = "64 lowercase hex digits (SHA-256)"
+_HASH = re.compile(HASH_PATTERN)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -34,7 +39,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def is_image_hash(text: str) -> bool:
-    return bool(_HASH.match(text))
+    return _HASH.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -46,19 +51,19 @@ class ImageMessage:
     ref: str = ""  # where the bytes are stored (schema 2); "" when they are the body
 
     @classmethod
-    def for_image(cls, body: bytes, name: str, kind: str) -> "ImageMessage":
+    def for_image(cls, body: bytes, name: str, kind: str) -> ImageMessage:
         msg = cls(sha256_hex(body), name, kind, body)
-        msg.check()
+        msg.check(hashed=True)
         return msg
 
-    def stored_at(self, ref: str) -> "ImageMessage":
+    def stored_at(self, ref: str) -> ImageMessage:
         """The schema-2 form of this message: no body, a reference instead."""
         return ImageMessage(self.image_hash, self.name, self.kind, b"", ref)
 
-    def with_body(self, body: bytes) -> "ImageMessage":
+    def with_body(self, body: bytes) -> ImageMessage:
         """The message with the bytes read back from the store, checked against the hash."""
         msg = ImageMessage(self.image_hash, self.name, self.kind, body)
-        msg.check()
+        msg.check()  # the bytes came back from the store: they must be the ones named
         return msg
 
     def headers(self) -> dict[str, Any]:
@@ -69,9 +74,10 @@ class ImageMessage:
             headers["ref"] = self.ref
         return headers
 
-    def check(self) -> None:
+    def check(self, hashed: bool = False) -> None:
+        """Validate every field; `hashed`: the hash was just computed from the body."""
         if not is_image_hash(self.image_hash):
-            raise InvalidMessage("header hash is not 64 lowercase hex digits")
+            raise InvalidMessage(f"header hash is not {HASH_DESCRIPTION}")
         if not self.name or len(self.name) > MAX_NAME_LENGTH:
             raise InvalidMessage(f"header name must have 1 to {MAX_NAME_LENGTH} characters")
         if self.kind not in KINDS:
@@ -84,12 +90,12 @@ class ImageMessage:
             return
         if not self.body:
             raise InvalidMessage("empty body")
-        if sha256_hex(self.body) != self.image_hash:
+        if not hashed and sha256_hex(self.body) != self.image_hash:
             raise InvalidMessage("body does not match the header hash")
 
     @classmethod
     def parse(cls, headers: Mapping[str, Any] | None, content_type: str | None,
-              body: bytes) -> "ImageMessage":
+              body: bytes) -> ImageMessage:
         """Validate a received message; raise InvalidMessage saying what is wrong."""
         if content_type != CONTENT_TYPE:
             raise InvalidMessage(f"content type {content_type!r} is not {CONTENT_TYPE}")

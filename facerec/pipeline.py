@@ -11,54 +11,30 @@ databases do not depend on the number of workers or the order of processing.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
-
-import redis
+from typing import TypeVar
 
 from facerec import faces as face_ops
 from facerec import metrics
-from facerec.errors import TransientError
-from facerec.imagestore import ImageStore, InlineStore, StoreUnavailable, check_ref
+from facerec.errors import ImageStoreUnavailable, RedisUnavailable
+from facerec.imagestore import ImageStore, InlineStore, check_ref
 from facerec.matcher import FaceIndex
 from facerec.messages import ImageMessage
+from facerec.retry import Backoff, retry
 from facerec.settings import Settings
 from facerec.store import Match, Store
 
 T = TypeVar("T")
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 # Outages waited out in place: they say nothing about the image, so they use no attempt.
-RETRIED_ERRORS = (*REDIS_ERRORS, StoreUnavailable)
-
-
-def inject_fault(point: str, name: str) -> None:
-    """Test-only fault injection (tests/test_faults.py); does nothing unless FACEREC_FAULT
-    is set. FACEREC_FAULT_NAME, if set, limits it to messages with that name.
-
-    slow=S              sleep S seconds just before the commit (a long job)
-    crash_before_commit exit at once, like kill -9, just before the Redis commit
-    crash_after_commit  exit at once after the Redis commit, before the ack
-    fail_processing     raise just before the commit, on every delivery (a poison image)
-    """
-    fault = os.environ.get("FACEREC_FAULT", "")
-    if not fault or os.environ.get("FACEREC_FAULT_NAME", name) != name:
-        return
-    kind, _, arg = fault.partition("=")
-    if f"{kind}:{point}" not in ("slow:before_commit", "crash_before_commit:before_commit",
-                                 "crash_after_commit:after_commit",
-                                 "fail_processing:before_commit"):
-        return
-    print(f"facerec fault injected: {fault} at {point} for {name!r}", flush=True)
-    if kind == "slow":
-        time.sleep(float(arg))
-    elif kind == "fail_processing":
-        raise RuntimeError(f"injected fault: {fault}")
-    else:
-        os._exit(137)
+WAITED_OUT = (RedisUnavailable, ImageStoreUnavailable)
+# Called at the named points of processing ("before_commit", "after_commit") with the
+# message: the way tests inject faults (tests/faults.py). Production installs none.
+Hook = Callable[[str, ImageMessage], None]
 
 
 @dataclass
@@ -81,28 +57,23 @@ class Processor:
 
     def __init__(self, settings: Settings, store: Store, log: logging.Logger | None = None,
                  stop: threading.Event | None = None,
-                 images: ImageStore | None = None) -> None:
+                 images: ImageStore | None = None, hook: Hook | None = None) -> None:
         self.settings = settings
         self.store = store
         self.images = images or InlineStore()
         self.index = FaceIndex()
         self.log = log or logging.getLogger("facerec.worker")
         self.stop = stop or threading.Event()
+        self.hook = hook
 
     def with_retry(self, what: str, fn: Callable[[], T]) -> T:
-        """Run fn, waiting out Redis and image-store outages with backoff."""
-        delay = 0.25
-        while True:
-            try:
-                return fn()
-            except RETRIED_ERRORS as exc:
-                if self.stop.is_set():
-                    raise TransientError(f"unavailable during {what}: {exc}") from exc
-                self.log.info("%s unavailable during %s (%s); retrying in %.1fs",
-                              "image store" if isinstance(exc, StoreUnavailable) else "Redis",
-                              what, exc, delay)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+        """Run fn, waiting out Redis and image-store outages (until asked to stop)."""
+        def log(exc: BaseException, delay: float) -> None:
+            self.log.info("%s unavailable during %s (%s); retrying in %.1fs",
+                          "image store" if isinstance(exc, ImageStoreUnavailable) else "Redis",
+                          what, exc, delay)
+        return retry(fn, on=WAITED_OUT, backoff=Backoff(first=0.25, maximum=5.0),
+                     stop=self.stop, log=log)
 
     def sync(self) -> bool:
         """Bring the index up to the face log; True if it had to be rebuilt from scratch."""
@@ -151,9 +122,11 @@ class Processor:
                                     self.settings.detect_max_side, self.settings.detect_upsample)
         self.log.debug("image %s: %d faces found in %dx%d pixels", h, len(found.boxes),
                        rgb.shape[1], rgb.shape[0])
-        inject_fault("before_commit", msg.name)
+        if self.hook is not None:
+            self.hook("before_commit", msg)
         outcome = self.commit_faces(h, msg.name, found, start)
-        inject_fault("after_commit", msg.name)
+        if self.hook is not None:
+            self.hook("after_commit", msg)
         self.discard_stored(h, stored)
         return outcome
 
@@ -179,10 +152,9 @@ class Processor:
                 outcome.matches.update(self.index.search(
                     found.encodings, self.settings.match_tolerance, exclude=h,
                     start_face=searched_from))
-            epoch, version = self.index.epoch, self.index.version
-            result = self.with_retry("commit", lambda: self.store.commit(
-                h, [name], found.encodings, found.boxes, outcome.matches.values(),
-                epoch, version))
+            result = self.with_retry("commit", functools.partial(
+                self.store.commit, h, [name], found.encodings, found.boxes,
+                list(outcome.matches.values()), self.index.epoch, self.index.version))
             if result.status == "ok":
                 self.index.add(h, found.encodings)
                 break
@@ -194,7 +166,7 @@ class Processor:
             outcome.retries += 1
             metrics.COMMIT_RETRIES.inc()
             self.log.debug("image %s: face log moved from %d to %d images; matching the delta",
-                           h, version, result.version)
+                           h, self.index.version, result.version)
             if self.sync():
                 searched_from = 0  # a new index: forget matches to images it no longer has
                 outcome.matches.clear()

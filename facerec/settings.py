@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+
+# The most deliveries of one message: RabbitMQ's own limit on the image queue (its
+# arguments are fixed once the queue exists), which MAX_DELIVERIES may only lower.
+DELIVERY_CEILING = 5
 
 
 def _parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -54,8 +58,9 @@ class Settings:
     # Keep stored images after processing (GET /image/<hash>/content) or delete them.
     image_store_keep: bool = True
 
-    # Deliveries of one message before it is dead-lettered (the broker counts crashes too).
-    max_deliveries: int = 5
+    # Deliveries of one message before it is dead-lettered (crashes count too), at most
+    # DELIVERY_CEILING.
+    max_deliveries: int = DELIVERY_CEILING
     prefetch: int = 1
     worker_heartbeat_file: str = "/tmp/facerec-worker.heartbeat"
     metrics_port: int = 9100
@@ -63,7 +68,7 @@ class Settings:
     hostname: str = field(default_factory=socket.gethostname)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every field from its upper-case environment variable; overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -93,5 +98,7 @@ class Settings:
             raise ValueError(f"DETECTION_MODEL must be hog or cnn, not {self.detection_model!r}")
         if not 0 < self.match_tolerance < 2:
             raise ValueError("MATCH_TOLERANCE must be in (0, 2)")
-        if self.max_deliveries < 1 or self.prefetch < 1:
-            raise ValueError("MAX_DELIVERIES and PREFETCH must be at least 1")
+        if not 1 <= self.max_deliveries <= DELIVERY_CEILING:
+            raise ValueError(f"MAX_DELIVERIES must be in 1..{DELIVERY_CEILING}")
+        if self.prefetch < 1:
+            raise ValueError("PREFETCH must be at least 1")

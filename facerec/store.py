@@ -19,16 +19,44 @@ is compared exactly once, by whichever of the two committed second (see facerec.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import ParamSpec, TypeVar, cast
 
 import numpy as np
 import redis
 
+from facerec.errors import RedisUnavailable
+from facerec.faces import ENCODING_DIM, ENCODING_DTYPE
 from facerec.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# Redis errors that say "not now" rather than "this is wrong": unreachable, still loading
+# its data, or refusing writes (maxmemory with noeviction, a read-only replica).
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
+            redis.exceptions.ReadOnlyError)
+
+
+def _outage(exc: redis.RedisError) -> bool:
+    return isinstance(exc, _OUTAGES) or str(exc).startswith(("OOM", "READONLY", "LOADING"))
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    """Raise RedisUnavailable for an outage, so no caller sees redis-py's errors."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            if _outage(exc):
+                raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
+            raise
+    return wrapper
 
 NAME_TO_HASH = 1
 HASH_TO_NAMES = 2
@@ -41,8 +69,6 @@ FACE_LOG = "facelog"
 # A random id given to the face log when it is started: a worker whose index carries
 # another epoch knows Redis lost or replaced its data, even if the log regrew as long.
 FACE_LOG_EPOCH = "facelog:epoch"
-ENCODING_DIM = 128
-ENCODING_DTYPE = np.dtype("<f4")
 FACE_BYTES = ENCODING_DIM * ENCODING_DTYPE.itemsize
 
 
@@ -200,17 +226,19 @@ class Store:
         for c in (*self._db.values(), self._encodings):
             c.close()
 
+    @_translated
     def ping(self) -> bool:
         return bool(self._db[META].ping())
 
     # -- writes -------------------------------------------------------------------------
 
+    @_translated
     def commit(self, image_hash: str, names: Iterable[str], encodings: np.ndarray,
                boxes: list[tuple[int, int, int, int]], matches: Iterable[Match],
                epoch: str, version: int) -> CommitResult:
         """Commit if the face log is still at (epoch, version); else answer `stale`."""
         names = list(names)
-        args: list[object] = [image_hash, len(names), *names, epoch, version,
+        args: list[bytes | str | int | float] = [image_hash, len(names), *names, epoch, version,
                               encodings_to_bytes(encodings), json.dumps(boxes),
                               f"{time.time():.3f}"]
         match_list = list(matches)
@@ -220,23 +248,29 @@ class Store:
         status, new_version = self._commit(args=args)
         return CommitResult(status, int(new_version))
 
+    @_translated
     def add_name_if_processed(self, image_hash: str, name: str) -> bool:
         return bool(self._add_name_if_done(args=[image_hash, 1, name]))
 
+    @_translated
     def mark_queued(self, image_hash: str, name: str) -> None:
         self._mark_queued(args=[image_hash, 1, name, f"{time.time():.3f}"])
 
+    @_translated
     def mark_failed(self, image_hash: str, name: str, reason: str) -> None:
         self._mark_failed(args=[image_hash, 1, name, reason, f"{time.time():.3f}"])
 
     # -- reads --------------------------------------------------------------------------
 
+    @_translated
     def hash_for_name(self, name: str) -> str | None:
-        return self._db[NAME_TO_HASH].get(name)
+        return cast(str | None, self._db[NAME_TO_HASH].get(name))
 
+    @_translated
     def is_processed(self, image_hash: str) -> bool:
         return self._db[META].hget(image_key(image_hash), "status") == "done"
 
+    @_translated
     def face_log_state(self) -> tuple[str, int]:
         """(epoch, length) of the face log; starts a new epoch if there is none."""
         pipe = self._db[META].pipeline(transaction=True)
@@ -254,32 +288,42 @@ class Store:
         into one read-only batch array, so loading costs no numpy call per image.
         """
         while True:
-            hashes = self._db[META].lrange(FACE_LOG, version, version + batch - 1)
+            hashes, blobs = self._log_batch(version, batch)
             if not hashes:
                 return
-            blobs = self._encodings.mget(hashes)
-            if None in blobs:
-                missing = hashes[blobs.index(None)]
-                raise RuntimeError(f"face log lists {missing} but database 3 has no encodings")
             faces = encodings_from_bytes(b"".join(blobs))
             start = 0
-            for h, blob in zip(hashes, blobs):
+            for h, blob in zip(hashes, blobs, strict=True):
                 end = start + len(blob) // FACE_BYTES
                 yield h, faces[start:end]
                 start = end
             version += len(hashes)
 
+    @_translated
+    def _log_batch(self, version: int, batch: int) -> tuple[list[str], list[bytes]]:
+        hashes = cast(list[str], self._db[META].lrange(FACE_LOG, version, version + batch - 1))
+        if not hashes:
+            return [], []
+        blobs = cast(list[bytes | None], self._encodings.mget(hashes))
+        if None in blobs:
+            missing = hashes[blobs.index(None)]
+            raise RuntimeError(f"face log lists {missing} but database 3 has no encodings")
+        return hashes, cast(list[bytes], blobs)
+
+    @_translated
     def names_of(self, image_hashes: list[str]) -> list[set[str]]:
         pipe = self._db[HASH_TO_NAMES].pipeline(transaction=False)
         for h in image_hashes:
             pipe.smembers(h)
         return [set(s) for s in pipe.execute()]
 
+    @_translated
     def matching_names(self, image_hash: str) -> list[str]:
         """Names of the other images with a face matching one of this image's faces."""
-        others = sorted(self._db[HASH_TO_MATCHES].smembers(image_hash))
+        others = sorted(cast(set[str], self._db[HASH_TO_MATCHES].smembers(image_hash)))
         return sorted(set().union(*self.names_of(others))) if others else []
 
+    @_translated
     def image_view(self, image_hash: str) -> dict[str, object] | None:
         """Everything known about one image, or None when it was never seen."""
         meta = self._db[META].pipeline(transaction=False)
@@ -290,7 +334,7 @@ class Store:
         if not info:
             return None
         names = self.names_of([image_hash])[0] | set(pending)
-        others = sorted(self._db[HASH_TO_MATCHES].smembers(image_hash))
+        others = sorted(cast(set[str], self._db[HASH_TO_MATCHES].smembers(image_hash)))
         other_names = self.names_of(others)
         boxes = json.loads(info.get("faces", "[]"))
         view: dict[str, object] = {
@@ -301,7 +345,7 @@ class Store:
                       for t, r, b, lft in boxes],
             "matches": [{"hash": o, "names": sorted(n),
                          "distance": float(distances[o]) if o in distances else None}
-                        for o, n in zip(others, other_names)],
+                        for o, n in zip(others, other_names, strict=True)],
         }
         if "reason" in info:
             view["reason"] = info["reason"]

@@ -1,95 +1,71 @@
-"""Logging to the `logs` topic exchange under `<hostname>.<component>.debug|info`.
+"""Logging on the `logs` topic exchange under `<hostname>.<component>.debug|info`.
 
-Records are handed to a background thread with its own AMQP connection, so logging never
-blocks a request or an image; when RabbitMQ is down, records still reach stderr and the
-topic copies are dropped (and counted) rather than piling up.
+Every component logs to stderr and, through its own `Broker` connection, to the exchange:
+records are handed to the broker's I/O thread, so logging never blocks a request or an
+image; when RabbitMQ is down, records still reach stderr and the topic copies are dropped
+(and counted) rather than piling up. `follow` is the other end: it prints the stream.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import sys
 import threading
-import time
+from collections.abc import Callable
 
-import pika
-
-from facerec.broker import AMQP_ERRORS, LOG_EXCHANGE, connection_parameters
+from facerec.broker import LOG_EXCHANGE, Broker, subscribe
 from facerec.settings import Settings
 
 ROOT_LOGGER = "facerec"
+LEVELS = ("debug", "info")
 
 
 def routing_key(hostname: str, component: str, levelno: int) -> str:
-    return f"{hostname}.{component}.{'debug' if levelno < logging.INFO else 'info'}"
+    return f"{hostname}.{component}.{LEVELS[0] if levelno < logging.INFO else LEVELS[1]}"
+
+
+def component_of(key: str) -> tuple[str, str]:
+    """(component, level) of a routing key made by routing_key(); "" when it is not one."""
+    parts = key.rsplit(".", 2)
+    return (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+
+
+def _stderr_drop(exc: BaseException, delay: float) -> None:
+    print(f"topic log unavailable ({exc!r}); retrying in {delay:.1f}s", file=sys.stderr)
 
 
 class TopicLogHandler(logging.Handler):
-    """Publishes each record to the logs exchange from a daemon thread."""
+    """Publishes each record to the logs exchange (fire and forget, from the I/O thread)."""
 
-    def __init__(self, settings: Settings, component: str, capacity: int = 10_000) -> None:
+    def __init__(self, settings: Settings, component: str) -> None:
         super().__init__()
-        self._settings = settings
+        self._hostname = settings.hostname
         self._component = component
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(capacity)
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="topic-log", daemon=True)
-        self._thread.start()
+        self._broker = Broker(settings, name=f"facerec-{component}-logs", on_drop=_stderr_drop)
+
+    @property
+    def dropped(self) -> int:
+        return self._broker.dropped
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            key = routing_key(self._settings.hostname, self._component, record.levelno)
-            self._queue.put_nowait((key, self.format(record).encode("utf-8", "replace")))
-        except queue.Full:
-            self.dropped += 1
+            key = routing_key(self._hostname, self._component, record.levelno)
+            self._broker.publish_nowait(LOG_EXCHANGE, key,
+                                        self.format(record).encode("utf-8", "replace"),
+                                        content_type="text/plain")
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 
-    def _run(self) -> None:
-        connection: pika.BlockingConnection | None = None
-        backoff = 0.5
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            key, body = item
-            try:
-                if connection is None or connection.is_closed:
-                    connection = pika.BlockingConnection(
-                        connection_parameters(self._settings, heartbeat=60))
-                    channel = connection.channel()
-                    channel.exchange_declare(LOG_EXCHANGE, exchange_type="topic", durable=True)
-                channel.basic_publish(LOG_EXCHANGE, key, body,
-                                      pika.BasicProperties(content_type="text/plain"))
-                backoff = 0.5
-            except AMQP_ERRORS as exc:
-                self.dropped += 1
-                connection = None
-                print(f"topic log unavailable ({exc!r}); retrying in {backoff:.1f}s",
-                      file=sys.stderr)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-        if connection is not None and connection.is_open:
-            connection.close()
-
-    def flush(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.02)
-
     def close(self) -> None:
-        self.flush()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=2)
+        self._broker.close()
         super().close()
 
 
 def setup_logging(settings: Settings, component: str) -> logging.Logger:
-    """Configure the `facerec` logger: stderr plus the logs exchange. Returns the component's."""
+    """Configure the `facerec` logger: stderr plus the logs exchange. Returns the component's.
+
+    Called once by each entrypoint (rest, worker, logs), never by library code.
+    """
     root = logging.getLogger(ROOT_LOGGER)
     root.setLevel(settings.log_level.upper())
     for handler in list(root.handlers):
@@ -104,3 +80,16 @@ def setup_logging(settings: Settings, component: str) -> logging.Logger:
     root.addHandler(topic)
     root.propagate = False
     return logging.getLogger(f"{ROOT_LOGGER}.{component}")
+
+
+def follow(settings: Settings, pattern: str, emit: Callable[[str, str], None],
+           stop: threading.Event) -> None:
+    """Call emit(routing_key, text) for every log message matching `pattern` until `stop`.
+
+    Reconnects when RabbitMQ goes away, and says so through emit.
+    """
+    def on_error(exc: BaseException, delay: float) -> None:
+        emit("logs.listener.info", f"RabbitMQ unavailable ({exc!r}); retrying in {delay:.1f}s")
+
+    subscribe(settings, pattern, lambda key, body: emit(key, body.decode("utf-8", "replace")),
+              stop, on_error=on_error)

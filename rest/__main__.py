@@ -39,15 +39,18 @@ class _Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from rest.app import create_app  # in each worker process, after the fork
+        # In each gunicorn process, after the fork: connections and threads are per process.
+        from facerec.topiclog import setup_logging
+        from rest.app import create_app
 
+        setup_logging(self.settings, "rest")
         return create_app(self.settings)
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def main() -> int:

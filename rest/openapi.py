@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from facerec import __version__
-from facerec.messages import OUTCOME_HEADER
+from facerec.messages import HASH_DESCRIPTION, HASH_PATTERN, MAX_NAME_LENGTH, OUTCOME_HEADER
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -14,8 +14,8 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _HASH_PARAM = {"name": "image_hash", "in": "path", "required": True,
-               "description": "SHA-256 of the image bytes, 64 lowercase hex digits",
-               "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+               "description": f"SHA-256 of the image bytes, {HASH_DESCRIPTION}",
+               "schema": {"type": "string", "pattern": HASH_PATTERN}}
 _SCANNED = {
     "description": "The image is queued (publisher confirm received) or already known",
     "headers": {OUTCOME_HEADER: {"description": "queued, duplicate or known_url",
@@ -57,7 +57,7 @@ SPEC: dict[str, Any] = {
             "parameters": [{"name": "filename", "in": "path", "required": True,
                             "description": "the name recorded for this image",
                             "schema": {"type": "string", "minLength": 1,
-                                       "maxLength": 2048}}],
+                                       "maxLength": MAX_NAME_LENGTH}}],
             "requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                                         "minLength": 1}},
@@ -112,7 +112,7 @@ SPEC: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Hash": {"type": "object", "required": ["hash"],
-                 "properties": {"hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+                 "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN}}},
         "Readiness": {"type": "object", "required": ["ready", "redis", "rabbitmq"],
                       "properties": {"ready": {"type": "boolean"},
                                      "redis": {"type": "boolean"},

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from flask.testing import FlaskClient
 
 from facerec.settings import Settings
+from rest.app import create_app
 from tests.services import Env, RedisServer, Vhost, reset_vhost
 
 
@@ -37,3 +40,23 @@ def env(settings: Settings, redis_server: RedisServer) -> Iterator[Env]:
     e = Env(settings, redis_server)
     yield e
     e.stop_all()
+
+
+@pytest.fixture
+def make_client(env: Env) -> Iterator[Callable[..., FlaskClient]]:
+    """make_client(**settings) -> a Flask test client of the real app (no gunicorn), on the
+    test's Redis and RabbitMQ vhost; its connections are closed after the test."""
+    apps = []
+
+    def make(**overrides: object) -> FlaskClient:
+        app = create_app(dataclasses.replace(env.settings, **overrides))
+        apps.append(app)
+        return app.test_client()
+    yield make
+    for app in apps:
+        app.extensions["facerec"].close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
+    return make_client()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 import os
 import shutil
 import signal
@@ -13,20 +12,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pika
 import redis
 
 from facerec import broker as amqp
+from facerec.messages import CONTENT_TYPE
 from facerec.settings import Settings
 from facerec.store import DATABASES, HASH_TO_MATCHES, META, image_key
 
@@ -75,7 +76,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed (make test installs it)"
         self.proc = subprocess.Popen(
@@ -125,6 +126,84 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+# -- a RabbitMQ node of our own ---------------------------------------------------------
+
+class PrivateRabbit:
+    """A RabbitMQ node of its own (name, AMQP and distribution ports, data and logs in a
+    temporary directory), so stopping it cannot touch the machine's shared broker."""
+
+    def __init__(self) -> None:
+        self.node = f"facerec-fault-{uuid.uuid4().hex[:8]}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="facerec-rabbit-"))
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"), RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_PID_FILE=str(self.dir / "pid"),
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+            RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}")
+        return env
+
+    def start(self) -> PrivateRabbit:
+        for tool in ("rabbitmq-server", "rabbitmqctl"):
+            assert shutil.which(tool), f"{tool} is not installed (make test installs it)"
+        # The server runs as the rabbitmq user (the Debian wrapper switches to it).
+        self.dir.chmod(0o777)
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True,
+                       timeout=60)
+        # await_startup fails at once while the node has not registered yet: ask again.
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                self.ctl("--timeout", "120", "await_startup", timeout=150)
+                return self
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        return subprocess.run(["rabbitmqctl", "-q", "-n", self.node, *args], env=self._env(),
+                              check=True, capture_output=True, text=True,
+                              timeout=timeout).stdout
+
+    def connections(self) -> list[dict[str, object]]:
+        """The node's client connections: peer port, negotiated heartbeat (timeout) and the
+        name the client gave (facerec.broker's connection_name)."""
+        out = self.ctl("list_connections", "peer_port", "timeout", "client_properties",
+                       "--formatter", "json")
+        found = []
+        for c in json.loads(out):
+            props = {p[0]: p[2] for p in c.pop("client_properties", [])}
+            found.append({**c, "name": props.get("connection_name", "")})
+        return found
+
+    def unacked(self, queue: str = amqp.IMAGE_QUEUE) -> int:
+        out = self.ctl("list_queues", "name", "messages_unacknowledged", "--formatter", "json")
+        return sum(int(q["messages_unacknowledged"]) for q in json.loads(out)
+                   if q["name"] == queue)
+
+    def stop(self) -> None:
+        try:
+            self.ctl("stop", timeout=60)
+        except (subprocess.SubprocessError, OSError):
+            pid = (self.dir / "pid").read_text().strip() if (self.dir / "pid").exists() else ""
+            if pid.isdigit():
+                os.kill(int(pid), signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, stdout=subprocess.DEVNULL,
                    timeout=60)
@@ -136,7 +215,7 @@ class Vhost:
     def __init__(self) -> None:
         self.name = f"facerec-test-{uuid.uuid4().hex[:8]}"
 
-    def create(self) -> "Vhost":
+    def create(self) -> Vhost:
         rabbitmqctl("add_vhost", self.name)
         rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
         return self
@@ -287,7 +366,7 @@ def image_server(body: bytes) -> Iterator[tuple[str, list[str]]]:
     requested: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             requested.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -307,17 +386,34 @@ def image_server(body: bytes) -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def read_queue(settings: Settings, queue: str, consume: bool = False
-               ) -> list[tuple[dict[str, object], bytes]]:
-    """Every message in `queue` as (headers, body); left in place unless `consume`."""
-    conn = pika.BlockingConnection(amqp.connection_parameters(settings))
-    out: list[tuple[dict[str, object], bytes]] = []
+def publish_raw(settings: Settings, body: bytes, headers: dict[str, object] | None,
+                content_type: str | None = CONTENT_TYPE, exchange: str = amqp.WORK_EXCHANGE,
+                routing_key: str = amqp.IMAGE_ROUTING_KEY) -> None:
+    """Publish a message as any client could, unchecked (confirmed by the broker)."""
+    broker = amqp.Broker(settings, name="facerec-test")
+    try:
+        broker.publish(exchange, routing_key, body, headers, content_type)
+    finally:
+        broker.close()
+
+
+@dataclass(frozen=True)
+class Queued:
+    headers: dict[str, object]
+    body: bytes
+    content_type: str | None
+
+
+def read_queue(settings: Settings, queue: str, consume: bool = False) -> list[Queued]:
+    """Every message in `queue`; left in place unless `consume`."""
+    conn = pika.BlockingConnection(amqp.connection_parameters(settings, "facerec-test"))
+    out: list[Queued] = []
     try:
         ch = conn.channel()
         while True:
             method, props, body = ch.basic_get(queue, auto_ack=consume)
             if method is None:
                 return out
-            out.append((props.headers or {}, body))
+            out.append(Queued(props.headers or {}, body, props.content_type))
     finally:
         conn.close()  # what was not acknowledged goes back to the queue

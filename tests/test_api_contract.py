@@ -39,7 +39,8 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
     config = Path(__file__).with_name("schemathesis.toml")
     for name, args in RUNS.items():
         result = subprocess.run(
-            [exe, "--config-file", str(config), "run", f"{rest}/openapi.json", "--checks", "all", "--max-examples", "40",
+            [exe, "--config-file", str(config), "run", f"{rest}/openapi.json", "--checks", "all",
+             "--max-examples", "40",
              "--seed", "1", "--phases", "examples,coverage,fuzzing", "--warnings", "off",
              "--report-dir", str(tmp_path), *args],
             capture_output=True, text=True, timeout=600)

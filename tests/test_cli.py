@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from facerec.messages import sha256_hex
-from tests.services import FACES, ROOT, Env, free_port, http, wait_until
+from tests.services import FACES, ROOT, Env, free_port, http, publish_raw, wait_until
 
 pytestmark = pytest.mark.slow
 FACEREC = str(Path(sys.executable).with_name("facerec"))
@@ -103,11 +103,9 @@ def test_logs_tails_the_logs_exchange_with_a_pattern(env: Env) -> None:
 
 
 def test_dead_list_shows_reasons_and_requeue_sends_letters_back(env: Env) -> None:
-    from tests.test_worker import publish_raw
-
     body = b"definitely not an image"
-    publish_raw(env, body, {"schema": 1, "hash": sha256_hex(body), "name": "junk.jpg",
-                            "kind": "upload"}, "application/octet-stream")
+    publish_raw(env.settings, body, {"schema": 1, "hash": sha256_hex(body),
+                                     "name": "junk.jpg", "kind": "upload"})
     worker = env.start_worker()
     wait_until(lambda: env.queue_depth("toWorker.images.dead") == 1, 60, "a dead letter")
     env.stop(worker)

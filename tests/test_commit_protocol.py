@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from facerec.pipeline import Processor
 from facerec.settings import Settings
-from facerec.store import (HASH_TO_ENCODINGS, HASH_TO_MATCHES, HASH_TO_NAMES, META,
-                           NAME_TO_HASH, Store, image_key)
+from facerec.store import (
+    HASH_TO_ENCODINGS,
+    HASH_TO_MATCHES,
+    HASH_TO_NAMES,
+    META,
+    NAME_TO_HASH,
+    Store,
+    image_key,
+)
 from tests.services import RedisServer
 from tests.synthetic import brute_force_pairs, identities, image_faces, pairs_of
 

@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import pika
-
 from facerec import broker as amqp
 from facerec.deadletters import DeadLetter, list_dead, requeue_dead
-from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
-from tests.services import FACES, Env, read_queue, wait_until
+from facerec.messages import ImageMessage, sha256_hex
+from tests.services import FACES, Env, publish_raw, read_queue, wait_until
 
 PHOTO = (FACES / "obama/obama_small.jpg").read_bytes()
 
 
 def dead_letter(env: Env, body: bytes, headers: dict[str, object], reason: str) -> None:
     """Dead-letter a message exactly as a worker does."""
-    broker = env.broker()
-    try:
-        broker.publish_dead(headers, CONTENT_TYPE, body, reason)
-    finally:
-        broker.close()
+    publish_raw(env.settings, body, amqp.dead_letter_headers(headers, reason),
+                exchange=amqp.DEAD_EXCHANGE, routing_key=amqp.DEAD_ROUTING_KEY)
 
 
 def rabbit_dead_letter(env: Env, body: bytes, headers: dict[str, object]) -> None:
     """A message as RabbitMQ dead-letters it after the delivery limit (x-death)."""
-    broker = env.broker()
-    try:
-        death = {"count": 1, "reason": "delivery_limit", "queue": amqp.IMAGE_QUEUE,
-                 "exchange": amqp.WORK_EXCHANGE, "routing-keys": [amqp.IMAGE_ROUTING_KEY]}
-        broker.channel.basic_publish(
-            amqp.DEAD_EXCHANGE, amqp.DEAD_ROUTING_KEY, body, pika.BasicProperties(
-                content_type=CONTENT_TYPE, delivery_mode=2,
-                headers={**headers, "x-death": [death], "x-first-death-reason": "delivery_limit",
-                         amqp.DELIVERY_COUNT_HEADER: 5}))
-    finally:
-        broker.close()
+    death = {"count": 1, "reason": "delivery_limit", "queue": amqp.IMAGE_QUEUE,
+             "exchange": amqp.WORK_EXCHANGE, "routing-keys": [amqp.IMAGE_ROUTING_KEY]}
+    publish_raw(env.settings, body, {**headers, "x-death": [death],
+                                     "x-first-death-reason": "delivery_limit",
+                                     amqp.DELIVERY_COUNT_HEADER: 5},
+                exchange=amqp.DEAD_EXCHANGE, routing_key=amqp.DEAD_ROUTING_KEY)
 
 
 def test_an_empty_dead_letter_queue_lists_nothing(env: Env) -> None:
@@ -74,10 +64,10 @@ def test_requeued_dead_letters_go_back_to_the_work_queue_without_their_past(env:
     assert env.queue_depth(amqp.DEAD_QUEUE) == 0
     queued = read_queue(env.settings, amqp.IMAGE_QUEUE)
     # The work queue counts deliveries afresh (it reports 0 for a first delivery).
-    assert [h.pop(amqp.DELIVERY_COUNT_HEADER, 0) for h, _ in queued] == [0, 0]
-    assert [h for h, _ in queued] == [first.headers(), {
+    assert [m.headers.pop(amqp.DELIVERY_COUNT_HEADER, 0) for m in queued] == [0, 0]
+    assert [m.headers for m in queued] == [first.headers(), {
         "schema": 1, "hash": sha256_hex(b"other"), "name": "other", "kind": "upload"}]
-    assert [b for _, b in queued] == [PHOTO, b"other"]
+    assert [m.body for m in queued] == [PHOTO, b"other"]
 
 
 def test_a_requeued_image_is_processed_by_a_worker_with_its_full_retries(env: Env) -> None:

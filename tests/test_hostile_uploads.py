@@ -9,16 +9,16 @@ files of each format, lying Content-Length, and a jsonpickle payload on the queu
 from __future__ import annotations
 
 import ast
+import functools
 import io
-import re
 import json
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import pika
 import pytest
 from PIL import Image
 
@@ -26,8 +26,17 @@ from facerec import broker as amqp
 from facerec.deadletters import list_dead
 from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
 from facerec.settings import Settings
-from tests.services import (FACES, ROOT, Env, RedisServer, Vhost, http, reset_vhost,
-                            wait_until)
+from tests.services import (
+    FACES,
+    ROOT,
+    Env,
+    RedisServer,
+    Vhost,
+    http,
+    publish_raw,
+    reset_vhost,
+    wait_until,
+)
 
 PHOTO = (FACES / "obama/obama_small.jpg").read_bytes()
 CAP = 2_000_000
@@ -85,7 +94,8 @@ def unaccepted_formats() -> list[tuple[str, bytes]]:
     made = [(fmt, encode(img.convert("1") if fmt == "XBM" else img, fmt))
             for fmt in ("GIF", "ICO", "PCX", "TGA", "PPM", "SGI", "DDS", "XBM",
                         "JPEG2000", "QOI", "ICNS", "PDF", "EPS")]
-    return made + [
+    return [
+        *made,
         ("SVG", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'),
         ("EPS by hand", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
                         b"(/etc/passwd) (r) file\n"),
@@ -237,26 +247,15 @@ def test_jsonpickle_and_pickle_payloads_on_the_queue_are_dead_lettered_and_nothi
     canary = tmp_path / "canary"
     bomb = jsonpickle_bomb(canary)
     pickled = f"cos\nsystem\n(S'touch {canary}'\ntR.".encode()
-    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
-    try:
-        ch = conn.channel()
-        amqp.declare_topology(ch)
-
-        def send(body: bytes, headers: dict[str, object], content_type: str) -> None:
-            ch.basic_publish(amqp.WORK_EXCHANGE, amqp.IMAGE_ROUTING_KEY, body,
-                             pika.BasicProperties(headers=headers, content_type=content_type,
-                                                  delivery_mode=2))
-
-        send(bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "jp1", "kind": "upload"},
-             "application/json")
-        send(bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "jp2", "kind": "upload"},
-             CONTENT_TYPE)
-        # Pickles where a header string is expected: they stay plain text.
-        good = ImageMessage.for_image(PHOTO, "ok.jpg", "upload")
-        send(PHOTO, {**good.headers(), "name": pickled}, CONTENT_TYPE)
-        send(PHOTO, {**good.headers(), "kind": pickled}, CONTENT_TYPE)
-    finally:
-        conn.close()
+    send = functools.partial(publish_raw, env.settings)
+    send(bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "jp1", "kind": "upload"},
+         "application/json")
+    send(bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "jp2", "kind": "upload"},
+         CONTENT_TYPE)
+    # Pickles where a header string is expected: they stay plain text.
+    good = ImageMessage.for_image(PHOTO, "ok.jpg", "upload")
+    send(PHOTO, {**good.headers(), "name": pickled}, CONTENT_TYPE)
+    send(PHOTO, {**good.headers(), "kind": pickled}, CONTENT_TYPE)
     env.start_worker()
     env.wait_processed({sha256_hex(PHOTO), sha256_hex(bomb)}, timeout=120)
     wait_until(lambda: env.queue_depth(amqp.DEAD_QUEUE) == 3, 30, "three dead letters")

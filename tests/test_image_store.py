@@ -6,16 +6,24 @@ import itertools
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import pika
 import pytest
 
 from facerec import broker as amqp
 from facerec.messages import CONTENT_TYPE, STORED_SCHEMA, sha256_hex
 from facerec.store import HASH_TO_ENCODINGS, META, image_key
-from tests.services import Env, free_port, http, photos, reset_vhost, wait_until
+from tests.services import (
+    Env,
+    free_port,
+    http,
+    photos,
+    publish_raw,
+    read_queue,
+    reset_vhost,
+    wait_until,
+)
 from tests.synthetic import pairs_of
 
 BUCKET = "facerec-test"
@@ -70,16 +78,10 @@ def scan_all(env: Env, **extra: str) -> dict[str, str]:
 
 def peek(env: Env) -> tuple[dict[str, object], bytes]:
     """The first queued message, left in the queue."""
-    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
-    try:
-        ch = conn.channel()
-        method, props, body = ch.basic_get(amqp.IMAGE_QUEUE)
-        assert method is not None, "the queue is empty"
-        ch.basic_nack(method.delivery_tag, requeue=True)
-        assert props.content_type == CONTENT_TYPE
-        return dict(props.headers or {}), body
-    finally:
-        conn.close()
+    queued = read_queue(env.settings, amqp.IMAGE_QUEUE)
+    assert queued, "the queue is empty"
+    assert queued[0].content_type == CONTENT_TYPE
+    return queued[0].headers, queued[0].body
 
 
 @pytest.mark.slow
@@ -168,16 +170,8 @@ def test_a_message_naming_another_location_is_dead_lettered_unread(
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(photos()[0].data)
     h = sha256_hex(secret.read_bytes())
-    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
-    try:
-        ch = conn.channel()
-        amqp.declare_topology(ch)
-        ch.basic_publish(amqp.WORK_EXCHANGE, amqp.IMAGE_ROUTING_KEY, b"", pika.BasicProperties(
-            content_type=CONTENT_TYPE, delivery_mode=2,
-            headers={"schema": STORED_SCHEMA, "hash": h, "name": "x.jpg", "kind": "upload",
-                     "ref": secret.as_uri()}))
-    finally:
-        conn.close()
+    publish_raw(env.settings, b"", {"schema": STORED_SCHEMA, "hash": h, "name": "x.jpg",
+                                    "kind": "upload", "ref": secret.as_uri()})
     env.start_worker(**store)
     wait_until(lambda: env.queue_depth(amqp.DEAD_QUEUE) == 1, 60, "a dead letter")
     assert env.statuses() == {h: "failed"}

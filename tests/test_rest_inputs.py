@@ -1,13 +1,18 @@
-"""Bad input gets a JSON error with the right status and queues nothing."""
+"""Bad input gets a JSON error with the right status and queues nothing.
+
+Most of it through Flask's test client (the real app on real Redis and RabbitMQ, without
+gunicorn); what only a real server shows (Content-Length and chunked bodies over the cap,
+the app fetching from itself) through gunicorn.
+"""
 
 from __future__ import annotations
 
 import io
 import socket
-import time
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from flask.testing import FlaskClient
 from PIL import Image
 
 from facerec.broker import DEAD_QUEUE
@@ -18,10 +23,20 @@ CAP = 1_000_000
 
 
 @pytest.fixture
-def rest(env: Env) -> Iterator[str]:
-    yield env.start_rest(MAX_UPLOAD_BYTES=str(CAP))
+def nothing_queued(env: Env) -> Iterator[None]:
+    yield
     assert env.queue_depth() == 0, "a rejected request queued something"
     assert env.queue_depth(DEAD_QUEUE) == 0
+
+
+@pytest.fixture
+def app(make_client: Callable[..., FlaskClient], nothing_queued: None) -> FlaskClient:
+    return make_client(max_upload_bytes=CAP)
+
+
+@pytest.fixture
+def rest(env: Env, nothing_queued: None) -> str:
+    return env.start_rest(MAX_UPLOAD_BYTES=str(CAP))
 
 
 def png(size: tuple[int, int]) -> bytes:
@@ -37,21 +52,22 @@ def png(size: tuple[int, int]) -> bytes:
     (b"GIF89a" + b"\0" * 100, "not a decodable image"),
 ])
 def test_a_body_that_is_not_a_whole_accepted_image_is_refused_with_400(
-        rest: str, body: bytes, why: str) -> None:
-    reply = http("POST", f"{rest}/scan/image/x.jpg", body)
-    assert reply.status == 400
-    assert why in reply.body["error"]
+        app: FlaskClient, body: bytes, why: str) -> None:
+    reply = app.post("/scan/image/x.jpg", data=body)
+    assert reply.status_code == 400
+    assert why in reply.json["error"]
 
 
-def test_a_decompression_bomb_is_refused_before_its_pixels_are_allocated(rest: str) -> None:
+def test_a_decompression_bomb_is_refused_before_its_pixels_are_allocated(
+        app: FlaskClient) -> None:
     # 60 000 x 60 000 gray pixels: 3.6 GB decoded, a few MB of PNG. Patch the header of a
     # tiny PNG instead so the test stays small: the size check reads only the header.
     small = png((1, 1))
     ihdr = small.index(b"IHDR")
     bomb = (small[: ihdr + 4] + (60000).to_bytes(4, "big") * 2 + small[ihdr + 12:])
-    reply = http("POST", f"{rest}/scan/image/bomb.png", bomb)
-    assert reply.status == 400
-    assert "exceeds the limit" in reply.body["error"] or "not a decodable" in reply.body["error"]
+    reply = app.post("/scan/image/bomb.png", data=bomb)
+    assert reply.status_code == 400
+    assert "exceeds the limit" in reply.json["error"] or "not a decodable" in reply.json["error"]
 
 
 def test_an_upload_over_the_cap_is_refused_with_413(rest: str) -> None:
@@ -91,12 +107,13 @@ def test_a_chunked_upload_over_the_cap_is_refused_with_413(rest: str) -> None:
     ({"url": "http://[::1]/a.jpg"}, 400),
 ])
 def test_scan_url_refuses_missing_invalid_or_internal_urls_with_400(
-        rest: str, body: object, status: int) -> None:
-    reply = http("POST", f"{rest}/scan/url", json_body=body if body is not None else None,
-                 data=b"not json" if body is None else None,
-                 headers={"Content-Type": "application/json"})
-    assert reply.status == status
-    assert reply.body["error"]
+        app: FlaskClient, body: object, status: int) -> None:
+    if body is None:
+        reply = app.post("/scan/url", data=b"not json", content_type="application/json")
+    else:
+        reply = app.post("/scan/url", json=body)
+    assert reply.status_code == status
+    assert reply.json["error"]
 
 
 def test_scan_url_answers_422_with_the_reason_when_the_url_is_no_image(env: Env) -> None:
@@ -112,39 +129,66 @@ def test_scan_url_answers_422_with_the_reason_when_the_url_is_no_image(env: Env)
     assert env.queue_depth() == 0
 
 
-def test_hash_routes_answer_unknown_hashes_and_refuse_malformed_ones(rest: str) -> None:
+@pytest.mark.parametrize("path", ["/match/not-a-hash", "/image/ABC", f"/image/{'a' * 64}%0A",
+                                  f"/match/{'a' * 63}", f"/image/{'A' * 64}/content"])
+def test_hash_routes_refuse_malformed_hashes_with_400(app: FlaskClient, path: str) -> None:
+    reply = app.get(path)
+    assert (reply.status_code, reply.json) == (400, {
+        "error": "hash must be 64 lowercase hex digits (SHA-256)"})
+
+
+def test_hash_routes_answer_unknown_hashes(app: FlaskClient) -> None:
     unknown = "0" * 64
-    assert http("GET", f"{rest}/match/{unknown}").body == []
-    assert http("GET", f"{rest}/image/{unknown}").status == 404
-    assert http("GET", f"{rest}/match/not-a-hash").status == 400
-    assert http("GET", f"{rest}/image/ABC").status == 400
+    assert app.get(f"/match/{unknown}").json == []
+    assert app.get(f"/image/{unknown}").status_code == 404
+    reply = app.get(f"/image/{unknown}/content")
+    assert reply.status_code == 404 and "not stored" in reply.json["error"]
 
 
-def test_probes_answer_and_the_root_is_positive(rest: str) -> None:
-    assert http("GET", f"{rest}/").status == 200
-    assert http("GET", f"{rest}/healthz").body == {"status": "ok"}
-    assert http("GET", f"{rest}/readyz").body == {"ready": True, "rabbitmq": True,
-                                                  "redis": True}
+def test_unknown_routes_and_methods_get_json_errors(app: FlaskClient) -> None:
+    reply = app.get("/no/such/route")
+    assert reply.status_code == 404 and "error" in reply.json
+    reply = app.delete("/scan/url")
+    assert reply.status_code == 405 and "POST" in reply.headers["Allow"]
+    assert "error" in reply.json
 
 
-def test_an_unreachable_broker_gives_503_fast_and_loses_nothing(env: Env) -> None:
-    rest = env.start_rest(RABBITMQ_PORT=str(free_port()))
-    start = time.monotonic()
-    reply = http("POST", f"{rest}/scan/image/obama.jpg", OBAMA)
-    assert reply.status == 503 and "RabbitMQ" in reply.body["error"]
-    assert time.monotonic() - start < 10
-    ready = http("GET", f"{rest}/readyz")
-    assert ready.status == 503 and ready.body["rabbitmq"] is False
-    assert http("GET", f"{rest}/match/{'0' * 64}").body == []  # Redis still answers
+def test_probes_answer_and_the_root_is_positive(app: FlaskClient) -> None:
+    assert app.get("/").status_code == 200
+    assert app.get("/healthz").json == {"status": "ok"}
+    assert app.get("/readyz").json == {"ready": True, "rabbitmq": True, "redis": True}
+
+
+def test_an_unreachable_broker_gives_503_and_loses_nothing(
+        env: Env, make_client: Callable[..., FlaskClient]) -> None:
+    app = make_client(rabbitmq_port=free_port())
+    reply = app.post("/scan/image/obama.jpg", data=OBAMA)
+    assert reply.status_code == 503 and "RabbitMQ" in reply.json["error"]
+    ready = app.get("/readyz")
+    assert ready.status_code == 503 and ready.json["rabbitmq"] is False
+    assert app.get(f"/match/{'0' * 64}").json == []  # Redis still answers
     assert env.statuses() == {}
 
 
-def test_scan_routes_require_the_token_when_one_is_set(env: Env) -> None:
-    rest = env.start_rest(API_TOKEN="s3cret")
-    assert http("POST", f"{rest}/scan/image/a.jpg", OBAMA).status == 401
+def test_an_unreachable_redis_gives_503_and_queues_nothing(
+        env: Env, make_client: Callable[..., FlaskClient]) -> None:
+    app = make_client(redis_port=free_port())
+    reply = app.post("/scan/image/obama.jpg", data=OBAMA)
+    assert reply.status_code == 503 and "Redis unavailable" in reply.json["error"]
+    assert app.get(f"/match/{'0' * 64}").status_code == 503
+    ready = app.get("/readyz")
+    assert ready.status_code == 503 and ready.json == {"ready": False, "redis": False,
+                                                       "rabbitmq": True}
+    assert env.queue_depth() == 0
+
+
+def test_scan_routes_require_the_token_when_one_is_set(
+        env: Env, make_client: Callable[..., FlaskClient]) -> None:
+    app = make_client(api_token="s3cret")
+    assert app.post("/scan/image/a.jpg", data=OBAMA).status_code == 401
     wrong = {"Authorization": "Bearer nope"}
-    assert http("POST", f"{rest}/scan/image/a.jpg", OBAMA, headers=wrong).status == 401
+    assert app.post("/scan/image/a.jpg", data=OBAMA, headers=wrong).status_code == 401
     good = {"Authorization": "Bearer s3cret"}
-    assert http("POST", f"{rest}/scan/image/a.jpg", OBAMA, headers=good).status == 200
-    assert http("GET", f"{rest}/healthz").status == 200
+    assert app.post("/scan/image/a.jpg", data=OBAMA, headers=good).status_code == 200
+    assert app.get("/healthz").status_code == 200
     assert env.queue_depth() == 1

@@ -8,25 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pika
 import pytest
 
 from facerec import broker as amqp
 from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
-from tests.services import FACES, ROOT, Env, read_queue, wait_until
-
-
-def publish_raw(env: Env, body: bytes, headers: dict[str, object] | None,
-                content_type: str | None) -> None:
-    conn = pika.BlockingConnection(amqp.connection_parameters(env.settings))
-    try:
-        ch = conn.channel()
-        amqp.declare_topology(ch)
-        ch.basic_publish(amqp.WORK_EXCHANGE, amqp.IMAGE_ROUTING_KEY, body,
-                         pika.BasicProperties(headers=headers, content_type=content_type,
-                                              delivery_mode=2))
-    finally:
-        conn.close()
+from tests.services import FACES, ROOT, Env, publish_raw, read_queue, wait_until
 
 
 def pickle_bomb(canary: Path) -> bytes:
@@ -40,19 +26,20 @@ def test_malformed_and_pickled_messages_are_dead_lettered_and_nothing_executes(
     canary = tmp_path / "canary"
     bomb = pickle_bomb(canary)
     good = (FACES / "obama/obama_small.jpg").read_bytes()
-    publish_raw(env, bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "x", "kind": "url"},
-                "application/python-pickle")
-    publish_raw(env, bomb, None, CONTENT_TYPE)
-    publish_raw(env, bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "evil.jpg",
+    publish_raw(env.settings, bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "x",
+                                     "kind": "url"}, "application/python-pickle")
+    publish_raw(env.settings, bomb, None, CONTENT_TYPE)
+    publish_raw(env.settings, bomb, {"schema": 1, "hash": sha256_hex(bomb), "name": "evil.jpg",
                             "kind": "upload"}, CONTENT_TYPE)
-    publish_raw(env, good, {"schema": 1, "hash": "0" * 64, "name": "liar.jpg",
+    publish_raw(env.settings, good, {"schema": 1, "hash": "0" * 64, "name": "liar.jpg",
                             "kind": "upload"}, CONTENT_TYPE)
-    publish_raw(env, good, ImageMessage.for_image(good, "fine.jpg", "upload").headers(),
+    publish_raw(env.settings, good, ImageMessage.for_image(good, "fine.jpg", "upload").headers(),
                 CONTENT_TYPE)
     env.start_worker()
     env.wait_processed({sha256_hex(good), sha256_hex(bomb)}, timeout=120)
     wait_until(lambda: env.queue_depth(amqp.DEAD_QUEUE) == 4, 30, "four dead letters")
-    reasons = sorted(str(h[amqp.ERROR_HEADER]) for h, _ in read_queue(env.settings, amqp.DEAD_QUEUE, consume=True))
+    reasons = sorted(str(m.headers[amqp.ERROR_HEADER])
+                     for m in read_queue(env.settings, amqp.DEAD_QUEUE, consume=True))
     assert reasons[0].startswith("invalid message: body does not match the header hash")
     assert reasons[1].startswith("invalid message: content type 'application/python-pickle'")
     assert reasons[2].startswith("invalid message: message has no headers")

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from facerec import faces, metrics
-from facerec.errors import PermanentError
-from facerec.imagestore import open_store
-from facerec.messages import ImageMessage
-from facerec.pipeline import Processor
+from facerec import heartbeat
 from facerec.settings import Settings
-from facerec.store import Store
-from facerec.topiclog import setup_logging
-from worker.consumer import Worker, heartbeat_age
 
-LIVENESS_MAX_AGE = 60.0
+if TYPE_CHECKING:  # the real import is deferred: --check must stay light
+    from facerec.pipeline import Hook
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
+    """Run the worker; `hook` is the tests' fault injection point (facerec.pipeline.Hook)."""
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--check", action="store_true",
                         help="exit 0 if the running worker's heartbeat is fresh (liveness)")
@@ -28,20 +26,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="process these image files now (no RabbitMQ) and print results")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-
     if args.check:
-        age = heartbeat_age(settings.worker_heartbeat_file)
+        # The liveness probe: read one file's age, import nothing heavy.
+        age = heartbeat.age(settings.worker_heartbeat_file)
         print(f"heartbeat {age:.1f}s old")
-        return 0 if age < LIVENESS_MAX_AGE else 1
+        return 0 if age < heartbeat.LIVENESS_MAX_AGE else 1
+    return run(settings, args.file, hook)
+
+
+def run(settings: Settings, files: list[Path] | None, hook: Hook | None) -> int:
+    from facerec import faces, metrics
+    from facerec.broker import Consumer
+    from facerec.errors import PermanentError
+    from facerec.imagestore import open_store
+    from facerec.messages import ImageMessage
+    from facerec.pipeline import Processor
+    from facerec.store import Store
+    from facerec.topiclog import setup_logging
+    from worker.consumer import ImageHandler
 
     log = setup_logging(settings, "worker")
-    store = Store(settings)
-    processor = Processor(settings, store, log, images=open_store(settings))
+    processor = Processor(settings, Store(settings), log, images=open_store(settings), hook=hook)
     faces.load_models()
     processor.load_index()
-    if args.file:
+    if files:
         failed = 0
-        for path in args.file:
+        for path in files:
             try:
                 outcome = processor.process(ImageMessage.for_image(path.read_bytes(),
                                                                    str(path), "upload"))
@@ -50,8 +60,24 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(json.dumps({"file": str(path), "error": str(exc)}))
         return 1 if failed else 0
+
+    stopping = processor.stop
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            log.info("signal %d: finishing the current image, then exiting", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     metrics.serve(settings.metrics_port)
-    Worker(processor, log).run()
+    Consumer(settings, ImageHandler(processor, log), stopping=stopping,
+             tick=heartbeat.Beat(settings.worker_heartbeat_file),
+             on_error=lambda exc, delay: log.info(
+                 "RabbitMQ connection lost (%r); reconnecting in %.1fs", exc, delay),
+             on_consume=lambda: log.info("consuming images (prefetch %d, max deliveries %d)",
+                                         settings.prefetch, settings.max_deliveries)).run()
+    log.info("worker stopped")
     return 0
 
 

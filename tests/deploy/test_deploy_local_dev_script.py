@@ -277,7 +277,7 @@ def path_without_kubectl(tmp_path: Path) -> str:
     """A PATH with every tool of this machine except kubectl."""
     tools = tmp_path / "tools"
     tools.mkdir(exist_ok=True)
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/bin"]:
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/bin"]:
         if not os.path.isdir(directory) or Path(directory) == tmp_path / "bin":
             continue
         for entry in os.scandir(directory):
@@ -322,7 +322,7 @@ def test_failed_port_forward_ends_the_ones_already_started(harness: Harness) -> 
     result = harness.run(FAKE_KUBECTL_FAIL="svc/rabbitmq")
     assert result.returncode != 0
     assert "address already in use" in result.stderr
-    assert [c for c in harness.calls() if "port-forward" in c][0][3] == "svc/redis"
+    assert next(c for c in harness.calls() if "port-forward" in c)[3] == "svc/redis"
     deadline = time.monotonic() + 5
     while harness.forward_pids() and time.monotonic() < deadline:
         time.sleep(0.05)

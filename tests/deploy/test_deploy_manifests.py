@@ -110,9 +110,9 @@ def pod_security_violations(obj: dict[str, Any]) -> list[str]:
                 problems.append(f"{name}: may run as root")
             if ((sc.get("seccompProfile") or {}).get("type") or pod_seccomp) != "RuntimeDefault":
                 problems.append(f"{name}: seccompProfile is not RuntimeDefault")
-            if sc.get("readOnlyRootFilesystem") is not True:
-                if container["name"] not in WRITABLE_ROOT_ALLOWED:
-                    problems.append(f"{name}: readOnlyRootFilesystem is not true")
+            if (sc.get("readOnlyRootFilesystem") is not True
+                    and container["name"] not in WRITABLE_ROOT_ALLOWED):
+                problems.append(f"{name}: readOnlyRootFilesystem is not true")
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
             if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
                 problems.append(f"{name}: no emptyDir at /tmp (the root filesystem is read-only)")
@@ -329,7 +329,8 @@ def test_every_service_selects_one_workload_and_targets_its_ports(rendered: Rend
         }
         for port in service["spec"]["ports"]:
             target = port["targetPort"]
-            assert target in ports or target in ports.values(), (service["metadata"]["name"], target)
+            assert target in ports or target in ports.values(), (service["metadata"]["name"],
+                                                                 target)
 
 
 def test_apps_find_redis_and_rabbitmq_by_service_name(rendered_all: dict[str, Rendered]) -> None:

@@ -1,0 +1,45 @@
+"""Routes for operators: the lab's banner, probes, metrics and the API description."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from facerec import metrics
+from facerec.errors import RedisUnavailable
+from rest.openapi import SPEC
+from rest.services import services
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/")
+def index() -> Response:
+    return jsonify(service="facerec", status="ok")
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    s = services()
+    checks = {"redis": False, "rabbitmq": s.broker.ping()}
+    try:
+        checks["redis"] = s.store.ping()
+    except RedisUnavailable:
+        pass
+    ready = all(checks.values())
+    return jsonify(ready=ready, **checks), 200 if ready else 503
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(SPEC)
+
+
+@bp.get("/metrics")
+def metrics_text() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

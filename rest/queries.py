@@ -1,0 +1,45 @@
+"""The read routes: which images match (the lab's /match), one image's view and bytes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from facerec import faces
+from facerec.messages import HASH_DESCRIPTION, is_image_hash
+from rest.errors import ApiError
+from rest.services import services
+
+bp = Blueprint("queries", __name__)
+
+
+def checked_hash(image_hash: str) -> str:
+    if not is_image_hash(image_hash):
+        raise ApiError(400, f"hash must be {HASH_DESCRIPTION}")
+    return image_hash
+
+
+@bp.get("/match/<image_hash>")
+def match(image_hash: str) -> Response:
+    return jsonify(services().store.matching_names(checked_hash(image_hash)))
+
+
+@bp.get("/image/<image_hash>")
+def image(image_hash: str) -> Response:
+    view = services().store.image_view(checked_hash(image_hash))
+    if view is None:
+        raise ApiError(404, "no image with this hash was ever scanned")
+    return jsonify(view)
+
+
+@bp.get("/image/<image_hash>/content")
+def image_content(image_hash: str) -> Response:
+    images = services().images
+    checked_hash(image_hash)
+    if images.inline:
+        raise ApiError(404, "images are not stored (IMAGE_STORE=inline)")
+    data = images.read(image_hash)
+    if data is None:
+        raise ApiError(404, "no stored image with this hash")
+    kind = faces.image_format(data)
+    return Response(data, content_type=f"image/{kind.lower()}" if kind
+                    else "application/octet-stream")
