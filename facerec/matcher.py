@@ -57,8 +57,9 @@ CODE_MAX = 127
 # The largest error of a face whose values all fit the codes: half a step per dimension.
 ERROR_CAP = math.sqrt(CODE_DIMS) * 0.5 / SCALE
 _SLACK = 1e-9
-# Rows per storage chunk once the index is large (6 MB of codes): growing never copies.
-_CHUNK_ROWS = 65_536
+# Rows per storage chunk once the index is large (1.5 MB of codes): growing never copies,
+# and the last chunk, partly empty, costs at most 2 MB.
+_CHUNK_ROWS = 16_384
 # Faces gathered before they are encoded into the index when loading the face log.
 _LOAD_BATCH = 16_384
 _HEX64 = re.compile(r"[0-9a-f]*")

@@ -1,0 +1,236 @@
+"""The int8 index returns exactly the float64 brute-force matches, for both kernels, on
+inputs built to break it: faces at the tolerance ± the bound, differences hidden in the
+dimensions the codes leave out, duplicates, values that saturate the codes, non-finite
+values, and any interleaving of extend / add / remove / search."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facerec import _kernels
+from facerec.matcher import DIMS, ERROR_CAP, SCALE, FaceIndex, encode, exact_distances
+
+KERNELS = ["numba", "numpy"]
+DROPPED = np.setdiff1d(np.arange(128), DIMS)
+# Distances from the tolerance at which faces are placed: on it, a float32 step either
+# side, and about the bound's size either side (E + e(q) is ≈ 0.05).
+OFFSETS = [0.0, 1e-7, -1e-7, 1e-4, -1e-4, 0.02, -0.02, 0.045, -0.045, 0.06, -0.06]
+
+
+def brute(images: list[tuple[str, np.ndarray, bool]], query: np.ndarray, tol: float,
+          first: int = 0, exclude: str = "") -> dict[str, float]:
+    """Best float64 distance per live image (ordinal ≥ first) within tol of any query face."""
+    out: dict[str, float] = {}
+    for h, enc, removed in images[first:]:
+        if removed or not len(enc) or h == exclude:
+            continue
+        for q in query:
+            d = exact_distances(enc, q)
+            d = d[d <= tol]
+            if len(d) and (h not in out or d.min() < out[h]):
+                out[h] = float(d.min())
+    return out
+
+
+def unit(rng: np.random.Generator, dims: np.ndarray) -> np.ndarray:
+    v = np.zeros(128)
+    v[dims] = rng.normal(size=len(dims))
+    return v / np.linalg.norm(v)
+
+
+def adversarial_face(rng: np.random.Generator, query: np.ndarray, tol: float, kind: int
+                     ) -> np.ndarray:
+    """One stored face, placed against `query` in one of several hostile ways."""
+    offset = OFFSETS[rng.integers(len(OFFSETS))]
+    if kind == 0:  # at tol + offset, the difference in every dimension
+        face = query + unit(rng, np.arange(128)) * (tol + offset)
+    elif kind == 1:  # the whole difference in dimensions the codes leave out
+        face = query + unit(rng, DROPPED) * (tol + offset)
+    elif kind == 2:  # the whole difference in coded dimensions (the bound is tightest)
+        face = query + unit(rng, DIMS) * (tol + offset)
+    elif kind == 3:  # a duplicate
+        face = query.copy()
+    elif kind == 4:  # values that saturate the codes (|x| > 127/128), near the query
+        face = query.copy()
+        face[rng.choice(128, 3, replace=False)] = rng.choice([-1.5, 0.995, 4.0, -300.0], 3)
+    elif kind == 5:  # a value that is not finite
+        face = query.copy()
+        face[rng.integers(128)] = rng.choice([np.nan, np.inf, -np.inf])
+    elif kind == 6:  # codes at both ends of the range
+        face = rng.choice([-127 / 128, 127 / 128], size=128) + rng.normal(0, 1e-3, 128)
+    else:  # an ordinary face of someone else
+        face = rng.normal(0, 0.07, 128)
+    return face.astype(np.float32)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), tol=st.sampled_from([0.6, 0.5, 0.3, 0.0, 1.2]),
+       ops=st.lists(st.tuples(st.sampled_from(["extend", "add", "remove", "search"]),
+                              st.integers(0, 2**16)), min_size=1, max_size=12),
+       capacity=st.integers(1, 70))
+def test_search_equals_the_float64_brute_force_under_any_interleaving(
+        kernel: str, seed: int, tol: float, ops: list[tuple[str, int]], capacity: int) -> None:
+    rng = np.random.default_rng(seed)
+    anchors = rng.normal(0, 0.07, size=(3, 128)).astype(np.float32)
+    anchors[0] = np.clip(anchors[0] * 8, -1.2, 1.2)  # a query near the codes' range ends
+    index = FaceIndex(capacity=capacity, kernel=kernel)
+    images: list[tuple[str, np.ndarray, bool]] = []  # the model: ordinal = position
+    names = itertools.count()
+
+    def new_image(n_faces: int) -> tuple[str, np.ndarray]:
+        n = next(names)
+        h = f"{n:064x}" if rng.random() < 0.8 else f"img{n}"
+        enc = np.stack([adversarial_face(rng, anchors[rng.integers(3)], tol, rng.integers(8))
+                        for _ in range(n_faces)]) if n_faces else np.empty((0, 128), np.float32)
+        return h, enc
+
+    for op, arg in ops:
+        if op == "extend":
+            batch = [new_image(int(rng.choice([0, 1, 1, 1, 2, 3]))) for _ in range(arg % 40)]
+            assert index.extend(batch) == len(batch)
+            images += [(h, e, False) for h, e in batch]
+        elif op == "add":
+            h, enc = new_image(1 + arg % 3)
+            index.add(h, enc)
+            images.append((h, enc, False))
+        elif op == "remove" and images:
+            chosen = rng.choice(len(images), size=1 + arg % 4)
+            expect = sum(len(images[i][1]) for i in set(chosen.tolist()) if not images[i][2])
+            assert index.remove(chosen.tolist()) == expect
+            for i in chosen:
+                images[i] = (images[i][0], images[i][1], True)
+        # Queries: the anchors themselves (faces sit at tol + offset from them), or close.
+        query = np.stack([anchors[rng.integers(3)] + (rng.random() < 0.3)
+                          * rng.normal(0, 0.01, 128).astype(np.float32)
+                          for _ in range(1 + arg % 2)])
+        first = int(rng.integers(0, len(images) + 1))
+        exclude = images[arg % len(images)][0] if images and arg % 3 == 0 else ""
+        got = index.search(query, tol, exclude=exclude, start_face=index.face_count_at(first))
+        want = brute(images, query, tol, first, exclude)
+        assert {h: m.distance for h, m in got.items()} == want
+    assert index.version == len(images)
+    assert index.live_faces == sum(len(e) for _, e, removed in images if not removed)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), tol=st.floats(0.0, 1.5),
+       offset=st.sampled_from(OFFSETS), scale=st.sampled_from([0.07, 0.3, 1.0]))
+def test_no_face_within_tolerance_is_ever_outside_the_integer_threshold(
+        seed: int, tol: float, offset: float, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    q = rng.normal(0, scale, 128).astype(np.float32)
+    x = (q + unit(rng, np.arange(128)) * (tol + offset)).astype(np.float32)
+    index = FaceIndex(kernel="numpy")
+    index.add("x", x[None])
+    codes, errors = encode(x[None].astype(np.float32))
+    qcodes, limits = index.thresholds(q[None], tol)
+    if exact_distances(x[None], q)[0] <= tol and errors[0] <= ERROR_CAP:
+        diff = codes[0].astype(np.int64) - qcodes[0].astype(np.int64)
+        assert int(diff @ diff) <= int(limits[0])
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 300), lo=st.integers(0, 300),
+       n_queries=st.integers(1, 3))
+def test_the_numba_and_numpy_kernels_find_the_same_candidates(
+        seed: int, rows: int, lo: int, n_queries: int) -> None:
+    rng = np.random.default_rng(seed)
+    blocks = -(-rows // _kernels.BLOCK_ROWS)
+    chunk = rng.choice([-127, -126, -1, 0, 1, 126, 127, 5, -40],
+                       size=blocks * _kernels.BLOCK_BYTES).astype(np.int8)
+    queries = rng.integers(-127, 128, size=(n_queries, _kernels.CODE_DIMS)).astype(np.int16)
+    # Thresholds at exact sums (ties), and the extremes.
+    sums = [int(((chunk.reshape(blocks, 48, 64, 2).transpose(0, 2, 1, 3).reshape(-1, 96)
+                  [rng.integers(rows)].astype(np.int64) - q) ** 2).sum()) for q in queries]
+    limits = np.array([s - int(rng.integers(0, 2)) for s in sums], dtype=np.int32)
+    limits[rng.random(n_queries) < 0.2] = np.iinfo(np.int32).max
+    lo = min(lo, rows)
+    found = []
+    for name in KERNELS:
+        _, scan = _kernels.get_scan(name)
+        out_rows = np.empty(blocks * 64 * n_queries, np.int64)
+        out_cols = np.empty_like(out_rows)
+        n = scan(chunk, lo, rows, queries, limits, out_rows, out_cols)
+        found.append(sorted(zip(out_rows[:n].tolist(), out_cols[:n].tolist(), strict=True)))
+    assert found[0] == found[1]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_scan_with_more_candidates_than_room_still_returns_them_all(kernel: str) -> None:
+    rng = np.random.default_rng(3)
+    faces = rng.normal(0, 0.01, (2000, 128)).astype(np.float32)  # all within 0.6 of 0
+    index = FaceIndex(kernel=kernel)
+    index.extend((f"{i:064x}", faces[i:i + 1]) for i in range(2000))
+    got = index.search(np.zeros((1, 128)), 0.6)
+    assert len(got) == 2000 and index.last_rechecked == 2000
+
+
+def test_the_kernel_is_chosen_by_parameter_environment_or_availability(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert FaceIndex(kernel="numpy").kernel == "numpy"
+    monkeypatch.setenv(_kernels.KERNEL_ENV, "numpy")
+    assert FaceIndex().kernel == "numpy"
+    monkeypatch.setenv(_kernels.KERNEL_ENV, "auto")
+    assert FaceIndex().kernel == ("numba" if _kernels.numba_available() else "numpy")
+    monkeypatch.setattr(_kernels, "numba_available", lambda: False)
+    assert FaceIndex().kernel == "numpy"
+    with pytest.raises(ValueError, match="unknown index kernel"):
+        FaceIndex(kernel="fortran")
+
+
+def test_the_error_bound_is_the_largest_error_of_a_coded_face_and_ignores_saturated_ones(
+        ) -> None:
+    rng = np.random.default_rng(4)
+    faces = rng.normal(0, 0.07, (50, 128)).astype(np.float32)
+    index = FaceIndex()
+    index.extend((f"{i:064x}", faces[i:i + 1]) for i in range(50))
+    _, errors = encode(faces)
+    assert index.max_error == errors.max() <= ERROR_CAP
+    index.add("f" * 64, np.full((1, 128), 9.0, dtype=np.float32))  # saturates: kept exact
+    assert index.max_error == errors.max()
+    assert set(index.search(np.full((1, 128), 9.0), 0.1)) == {"f" * 64}
+    assert math.isclose(ERROR_CAP, math.sqrt(96) / (2 * SCALE))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(10, 60),
+       eps=st.sampled_from([1e-6, 1e-4, 1e-2, 0.2]), carrier=st.sampled_from(["face", "query",
+                                                                             "both"]),
+       nudge=st.sampled_from([-1, 0, 1]))
+def test_faces_built_to_sit_exactly_on_the_bound_are_found(
+        kernel: str, seed: int, steps: int, eps: float, carrier: str, nudge: int) -> None:
+    """The worst case of the triangle inequality: quantization errors as large as they can
+    be (half a step in every coded dimension) and pointing along the difference, so the
+    code distance exceeds the true one by exactly E + e(q). A bound any tighter misses it."""
+    rng = np.random.default_rng(seed)
+    sign = np.zeros(128)
+    sign[DIMS] = rng.choice([-1.0, 1.0], len(DIMS))
+    grid_q = rng.integers(-60, 60, 128) / SCALE
+    grid_x = grid_q + steps * sign / SCALE
+    half = (0.5 - eps) / SCALE
+    x, q = grid_x.copy(), grid_q.copy()
+    if carrier in ("face", "both"):
+        x -= half * sign  # rounds back to grid_x, moved towards q
+    if carrier in ("query", "both"):
+        q += half * sign
+    x32, q32 = x.astype(np.float32), q.astype(np.float32)
+    d = float(exact_distances(x32[None], q32)[0])
+    tol = float(np.nextafter(d, d + nudge)) if nudge else d
+    index = FaceIndex(kernel=kernel)
+    index.add("x" * 64, x32[None])
+    index.add("y" * 64, np.zeros((1, 128), np.float32))  # another face, far away
+    got = index.search(q32[None], tol)
+    assert ("x" * 64 in got) == (d <= tol)
+    assert got.get("x" * 64) is None or got["x" * 64].distance == d
