@@ -31,6 +31,7 @@ them.
 
 from __future__ import annotations
 
+import bisect
 import math
 import mmap
 import os
@@ -64,6 +65,8 @@ _CHUNK_ROWS = 16_384
 _LOAD_BATCH = 16_384
 _HEX64 = re.compile(r"[0-9a-f]*")
 _NO_HASH = bytes(32)
+_EMPTY = np.empty(0, dtype=np.int64)
+_INT32_MAX = 2**31 - 1
 
 
 def exact_distances(stored: np.ndarray, face: np.ndarray) -> np.ndarray:
@@ -88,7 +91,8 @@ def encode(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     odd = ~(magnitude < 1.5)  # also NaN
     if odd.any():
         kept[odd] = 0.0
-    codes = np.clip(np.rint(kept * np.float32(SCALE)), -CODE_MAX, CODE_MAX)
+    codes = np.rint(kept * np.float32(SCALE))
+    np.minimum(np.maximum(codes, -CODE_MAX, out=codes), CODE_MAX, out=codes)
     kept -= codes * np.float32(1 / SCALE)
     errors = np.sqrt(np.einsum("ij,ij->i", kept, kept).astype(np.float64) * (1 + 1e-5))
     errors[odd] = np.inf
@@ -163,10 +167,15 @@ class _Chunks:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape), dtype=self.dtype)
-        ks = np.searchsorted(self.starts, rows, side="right") - 1
-        for k in np.unique(ks):
-            sel = ks == k
-            out[sel] = self.chunks[k][rows[sel] - self.starts[k]]
+        starts = self.starts
+        for i, r in enumerate(rows.tolist()):  # a few candidates: plain Python is fastest
+            k = bisect.bisect_right(starts, r) - 1
+            out[i] = self.chunks[k][r - starts[k]]
+        return out
+
+    def row(self, r: int) -> np.ndarray:
+        k = bisect.bisect_right(self.starts, r) - 1
+        out: np.ndarray = self.chunks[k][r - self.starts[k]]
         return out
 
     def put(self, rows: np.ndarray, value: object) -> None:
@@ -402,6 +411,7 @@ class FaceIndex:
         self._break_image.extend(np.zeros(1, np.int64))
         self._break_row.extend(np.zeros(1, np.int64))
         self._outliers: dict[int, np.ndarray] = {}  # row -> float32 face (codes saturate)
+        self._out = np.empty(256, np.int64), np.empty(256, np.int64)  # the scan's output
 
     def __len__(self) -> int:
         return self.n_faces
@@ -433,6 +443,8 @@ class FaceIndex:
     def _owners(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(image ordinal, face position in that image) of each row."""
         bi, br = self._break_image.view, self._break_row.view
+        if len(bi) == 1:  # every image so far has one face: row r is image r
+            return rows, np.zeros(len(rows), dtype=np.int64)
         k = np.searchsorted(br, rows, side="right") - 1
         images = bi[k] + (rows - br[k])
         nxt = np.minimum(k + 1, len(bi) - 1)
@@ -444,7 +456,7 @@ class FaceIndex:
         odd = self._odd_hashes.get(image)
         if odd is not None:
             return odd
-        b = self._hashes.take(np.array([image]))[0].tobytes()
+        b = self._hashes.row(image).tobytes()
         return "" if b == _NO_HASH else b.hex()
 
     def face_count_at(self, version: int) -> int:
@@ -596,7 +608,7 @@ class FaceIndex:
         radius = tolerance + self.max_error + errors
         radius = radius * (1 + _SLACK) + _SLACK
         limit = np.floor(np.square(SCALE * radius)) + 1
-        limit = np.where(radius < 0, -1, np.minimum(limit, np.iinfo(np.int32).max))
+        limit = np.where(radius < 0, -1, np.minimum(limit, _INT32_MAX))
         return codes.astype(np.int16), limit.astype(np.int32)
 
     def search(self, faces: np.ndarray, tolerance: float, exclude: str = "",
@@ -635,23 +647,21 @@ class FaceIndex:
         """(rows, query columns) whose code distance is within the limit, rows ≥ lo."""
         found_rows: list[np.ndarray] = []
         found_cols: list[np.ndarray] = []
-        room = 256
-        out_rows = np.empty(room, dtype=np.int64)
-        out_cols = np.empty(room, dtype=np.int64)
+        out_rows, out_cols = self._out
         queries = np.ascontiguousarray(queries)
         for k, a, b in self._codes.spans(lo, self.n_faces):
             chunk = self._codes.chunks[k]
             n = self._scan(chunk, a, b, queries, limits, out_rows, out_cols)
-            if n > room:
-                room = n
-                out_rows = np.empty(room, dtype=np.int64)
-                out_cols = np.empty(room, dtype=np.int64)
+            if n > len(out_rows):
+                self._out = out_rows, out_cols = np.empty(n, np.int64), np.empty(n, np.int64)
                 n = self._scan(chunk, a, b, queries, limits, out_rows, out_cols)
             if n:
                 found_rows.append(out_rows[:n] + self._codes.starts[k])
                 found_cols.append(out_cols[:n].copy())
         if not found_rows:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+            return _EMPTY, _EMPTY
+        if len(found_rows) == 1:
+            return found_rows[0], found_cols[0]
         return np.concatenate(found_rows), np.concatenate(found_cols)
 
     def _recheck(self, rows: np.ndarray, cols: np.ndarray, faces: np.ndarray,
@@ -661,27 +671,27 @@ class FaceIndex:
         if not len(rows):
             return
         images, positions = self._owners(rows)
-        hashes = [self._hash_of(int(i)) for i in images]
-        keep = np.array([h != "" and h != exclude for h in hashes], dtype=bool)
-        if not keep.all():
-            rows, cols, positions = rows[keep], cols[keep], positions[keep]
+        hashes = [self._hash_of(i) for i in images.tolist()]
+        keep = [h != "" and h != exclude for h in hashes]
+        if not all(keep):
+            sel = np.array(keep, dtype=bool)
+            rows, cols, positions = rows[sel], cols[sel], positions[sel]
             hashes = [h for h, k in zip(hashes, keep, strict=True) if k]
-        if not len(rows):
-            return
-        unique_rows, inverse = np.unique(rows, return_inverse=True)
-        first = np.zeros(len(unique_rows), dtype=np.int64)
-        first[inverse[::-1]] = np.arange(len(rows))[::-1]
+            if not len(rows):
+                return
         if from_source:
-            vectors = self.vectors.fetch(unique_rows, [hashes[i] for i in first],
-                                         positions[first])
+            vectors = self.vectors.fetch(rows, hashes, positions)
         else:
-            vectors = np.stack([self._outliers[int(r)] for r in unique_rows])
+            vectors = np.stack([self._outliers[r] for r in rows.tolist()])
         self.last_rechecked += len(rows)
-        dist = np.empty(len(rows), dtype=np.float64)
-        for col in np.unique(cols):  # exact_distances itself: the same bits as brute force
-            sel = cols == col
-            dist[sel] = exact_distances(vectors[inverse[sel]], faces[col])
-        for i in np.flatnonzero(dist <= tolerance):
+        if len(faces) == 1:
+            dist = exact_distances(vectors, faces[0])
+        else:
+            dist = np.empty(len(rows), dtype=np.float64)
+            for col in np.unique(cols):  # exact_distances itself: brute force's very bits
+                sel = cols == col
+                dist[sel] = exact_distances(vectors[sel], faces[col])
+        for i in np.flatnonzero(dist <= tolerance).tolist():
             h, d = hashes[i], float(dist[i])
             if h not in best or d < best[h].distance:
                 best[h] = Match(h, d)
