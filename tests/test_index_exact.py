@@ -194,7 +194,7 @@ def test_the_error_bound_is_the_largest_error_of_a_coded_face_and_ignores_satura
     faces = rng.normal(0, 0.07, (50, 128)).astype(np.float32)
     index = FaceIndex()
     index.extend((f"{i:064x}", faces[i:i + 1]) for i in range(50))
-    _, errors = encode(faces)
+    _, errors = encode(faces, index.kernel)
     assert index.max_error == errors.max() <= ERROR_CAP
     index.add("f" * 64, np.full((1, 128), 9.0, dtype=np.float32))  # saturates: kept exact
     assert index.max_error == errors.max()
@@ -234,3 +234,24 @@ def test_faces_built_to_sit_exactly_on_the_bound_are_found(
     got = index.search(q32[None], tol)
     assert ("x" * 64 in got) == (d <= tol)
     assert got.get("x" * 64) is None or got["x" * 64].distance == d
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([0.07, 0.5, 1.0, 3.0]))
+def test_both_encoders_give_the_same_codes_and_errors_that_bound_the_true_ones(
+        seed: int, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    vectors = (rng.normal(0, scale, (50, 128))).astype(np.float32)
+    vectors[rng.random(50) < 0.1, rng.integers(128)] = np.nan
+    vectors[:3] = (rng.integers(-127, 128, (3, 128)) + 0.5) / SCALE  # halfway: ties
+    FaceIndex(kernel="numba")  # compiles the numba kernels
+    codes_np, bound_np = encode(vectors, "numpy")
+    codes_nb, bound_nb = encode(vectors, "numba")
+    assert np.array_equal(codes_np, codes_nb)
+    assert np.array_equal(np.isinf(bound_np), np.isinf(bound_nb))
+    for v, c, b1, b2 in zip(vectors, codes_np, bound_np, bound_nb, strict=True):
+        if np.isfinite(b1):
+            true = math.sqrt(math.fsum((float(x) - float(k) / SCALE) ** 2
+                                       for x, k in zip(v[DIMS], c, strict=True)))
+            assert true <= b1 and true <= b2
