@@ -1,6 +1,6 @@
 """Run the benchmark suite and write BENCHMARKS.md (and the match-time plot).
 
-    python bench/run.py            full suite (< 15 min): writes BENCHMARKS.md and
+    python bench/run.py            full suite (~30 min; 16 GiB free for 2c): writes BENCHMARKS.md and
                                    bench/match-time.png
     python bench/run.py --quick    a ~2-minute subset: prints the tables only (pass
                                    --output PATH to write them somewhere)
@@ -18,10 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import match_scaling, rest_ingest, throughput  # noqa: E402
-from bench.common import ROOT, Section, log, machine  # noqa: E402
+from bench import index_scaling, match_scaling, rest_ingest, ten_million, throughput
+from bench.common import ROOT, Section, log, machine
 
 PLOT = ROOT / "bench" / "match-time.png"
+ORDER = ("throughput", "match", "index", "tenm", "rest")
 
 
 def render(sections: list[Section], quick: bool, seconds: float, plot: Path | None) -> str:
@@ -68,15 +69,16 @@ def main() -> int:
     parser.add_argument("--output", type=Path,
                         help="markdown file to write (default: BENCHMARKS.md, or none "
                              "with --quick)")
-    parser.add_argument("--only", choices=["throughput", "match", "rest"], action="append",
+    parser.add_argument("--only", choices=list(ORDER), action="append",
                         help="run only these benchmarks (repeatable)")
     args = parser.parse_args()
     output = args.output or (None if args.quick else ROOT / "BENCHMARKS.md")
-    chosen = args.only or ["throughput", "match", "rest"]
+    chosen = args.only or list(ORDER)
     start = time.perf_counter()
     sections: list[Section] = []
-    modules = {"throughput": throughput, "match": match_scaling, "rest": rest_ingest}
-    for name in ("throughput", "match", "rest"):
+    modules = {"throughput": throughput, "match": match_scaling, "index": index_scaling,
+               "tenm": ten_million, "rest": rest_ingest}
+    for name in ORDER:
         if name in chosen:
             log(f"benchmark: {name}")
             sections.append(modules[name].run(args.quick))  # type: ignore[attr-defined]

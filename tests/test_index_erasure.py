@@ -93,3 +93,18 @@ def test_clear_keeps_the_vector_source_and_forgets_everything() -> None:
     assert (index.version, index.n_faces, index.epoch, index.max_error) == (0, 0, "", 0.0)
     index.add("b" * 64, faces(2, 1))
     assert set(index.search(faces(2, 1), 1e-6)) == {"b" * 64}
+
+
+def test_loading_blobs_in_batches_builds_the_same_index_as_extend() -> None:
+    rng = np.random.default_rng(9)
+    entries = [(f"{i:064x}", rng.normal(0, 0.07, (int(rng.integers(0, 4)), 128))
+                .astype(np.float32)) for i in range(500)]
+    one, two = FaceIndex(), FaceIndex()
+    one.extend(entries)
+    assert two.extend_blobs([h for h, _ in entries], [e.tobytes() for _, e in entries]) == 500
+    assert (one.version, one.n_faces, one.max_error) == (two.version, two.n_faces,
+                                                         two.max_error)
+    for _, enc in entries[::37]:
+        assert one.search(enc, 0.5) == two.search(enc, 0.5)
+    with pytest.raises(ValueError, match="whole number of faces"):
+        two.extend_blobs(["a" * 64], [b"\0" * 100])
