@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Section, log, percentile, services, verdict
-from bench.index_scaling import TOL, load_batched, redis_vectors, status_kib
+from bench.index_scaling import TOL, cpu_seconds, load_batched, redis_vectors, status_kib
 from facerec.matcher import exact_distances
 from facerec.store import FACE_LOG, FACE_LOG_EPOCH, HASH_TO_ENCODINGS, META
 
@@ -179,15 +179,14 @@ def worker_child(port: int, queries_path: str, batched: bool) -> None:
     processor = Processor(settings, Store(settings))
     processor.index = FaceIndex(vectors=redis_vectors(port))
     rss0 = status_kib("VmRSS") / 1024
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     if batched:
-        processor.index.epoch = "bench"
         load_batched(port, processor.index)
     else:
         processor.load_index()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     result: dict[str, object] = {
-        "seconds": seconds, "faces": processor.index.n_faces,
+        "seconds": seconds, "cpu": cpu, "faces": processor.index.n_faces,
         "nbytes": processor.index.nbytes, "rss_before_mib": rss0,
         "rss_mib": status_kib("VmRSS") / 1024, "anon_mib": status_kib("RssAnon") / 1024,
         "file_mib": status_kib("RssFile") / 1024, "peak_mib": status_kib("VmHWM") / 1024}
@@ -268,7 +267,8 @@ def run(quick: bool = False, n: int = FACES) -> Section:
     per_face = float(worker["nbytes"]) / float(worker["faces"])  # type: ignore[arg-type]
     section.table(
         ["stored faces", "index bytes / face", "worker RSS GB (anon + files) / peak",
-         "target (RSS)", "start-up s (worker path)", "start-up s (batched, pipelined)",
+         "target (RSS)", "start-up s (CPU s) (worker path)",
+         "start-up s (CPU s) (batched, pipelined)",
          "target (start-up)", "match p50 ms (1 core)", "p99 ms", "target (match)",
          "float32 matvec p50 ms", "ratio p50", "candidates / query (median / max)",
          "= brute force", "commit p50 ms"],
@@ -276,7 +276,8 @@ def run(quick: bool = False, n: int = FACES) -> Section:
           f"{rss_gb:.2f} ({anon_gb:.2f} + {rss_gb - anon_gb:.2f}) / "
           f"{float(worker['peak_mib']) * 2**20 / 1e9:.2f}",  # type: ignore[arg-type]
           f"≤ {RSS_TARGET_GB} GB: {verdict(rss_gb <= RSS_TARGET_GB)}",
-          f"{worker['seconds']:.1f}", f"{batched['seconds']:.1f}",
+          f"{worker['seconds']:.1f} ({worker['cpu']:.1f})",
+          f"{batched['seconds']:.1f} ({batched['cpu']:.1f})",
           f"≤ {STARTUP_TARGET_S:g} s: {verdict(float(worker['seconds']) <= STARTUP_TARGET_S)}"  # type: ignore[arg-type]
           f" (batched: {verdict(float(batched['seconds']) <= STARTUP_TARGET_S)})",  # type: ignore[arg-type]
           f"{p50 * 1e3:.1f}", f"{p99 * 1e3:.1f}",
@@ -290,7 +291,8 @@ def run(quick: bool = False, n: int = FACES) -> Section:
         f"before loading (Python, numpy, numba, dlib and its models) was "
         f"{float(worker['rss_before_mib']):.0f} MiB; the file-backed part of RSS is "  # type: ignore[arg-type]
         "shared libraries, shared by every worker on a node. Start-up counts from the "
-        "index being empty to ready, in a fresh process.")
+        "index being empty to ready, in a fresh process; CPU seconds are that process's "
+        "own (Redis works on the other core).")
     section.data["tenm"] = {"p50": p50, "p99": p99, "startup": worker["seconds"],
                             "batched": batched["seconds"], "rss_gb": rss_gb}
     return section
