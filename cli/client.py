@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -61,3 +62,10 @@ class Client:
 
     def image(self, image_hash: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/image/{image_hash}").json())
+
+    def delete_image(self, image_hash: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/image/{image_hash}").json())
+
+    def delete_name(self, name: str) -> dict[str, Any]:
+        # URLs are names too: every reserved character is escaped, slashes included.
+        return dict(self._request("DELETE", f"/name/{quote(name, safe='')}").json())

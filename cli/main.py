@@ -3,6 +3,7 @@
     facerec scan PATH|URL ... [--from-file LIST] [-j N] [--wait]
     facerec match HASH|FILE [-v]
     facerec status HASH
+    facerec delete HASH|FILE | --name NAME
     facerec logs [PATTERN]
     facerec dead list | requeue
 """
@@ -270,6 +271,35 @@ def status(ctx: Ctx, image_hash: str) -> None:
         distance = "?" if m["distance"] is None else f"{m['distance']:.3f}"
         out.print(f"  {distance}  {', '.join(m['names'])}  ({m['hash'][:12]}…)",
                   highlight=False)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--name", "name", default=None, help="remove this name (a file name or URL)")
+@click.pass_obj
+def delete(ctx: Ctx, target: str | None, name: str | None) -> None:
+    """Erase an image (HASH, or FILE hashed locally) with everything it brought, or a name.
+
+    An image left without any name is erased too.
+    """
+    if (target is None) == (name is None):
+        raise click.UsageError("give an image (HASH or FILE) or --name NAME, not both")
+    if name is not None:
+        answer = ctx.client.delete_name(name)
+        erased = answer["erased"]
+    else:
+        answer = ctx.client.delete_image(resolve_hash(target or ""))
+        erased = [answer]
+    if ctx.as_json:
+        out.print_json(json.dumps(answer))
+        return
+    if name is not None:
+        out.print(f"name {name!r} removed", highlight=False, markup=False)
+    for e in erased:
+        out.print(f"erased {e['hash']}: {e['faces']} face(s), {len(e['names'])} name(s), "
+                  f"{e['matches']} match(es), stored object "
+                  f"{'deleted' if e['stored_object'] else 'none'}, "
+                  f"{e['dead_letters']} dead letter(s)", highlight=False)
 
 
 COMPONENT_STYLE = {"rest": "cyan", "worker": "green", "logs": "magenta"}

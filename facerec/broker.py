@@ -293,6 +293,31 @@ class Broker:
             return moved
         return self.call(move, timeout=120.0)
 
+    def purge_dead(self, image_hash: str) -> int:
+        """Drop the dead letters of one image (erasure); return how many.
+
+        Each other dead letter present at the start is published again to the dead-letter
+        queue (confirmed) before it is acknowledged: it moves to the end, never lost.
+        """
+        def purge(ch: BlockingChannel) -> int:
+            present = int(ch.queue_declare(DEAD_QUEUE, passive=True).method.message_count)
+            dropped = 0
+            for _ in range(present):
+                method, props, body = ch.basic_get(DEAD_QUEUE, auto_ack=False)
+                if method is None:
+                    break
+                named = (props.headers or {}).get("hash")
+                if isinstance(named, bytes):
+                    named = named.decode("utf-8", "replace")
+                if named != image_hash:
+                    _publish(ch, DEAD_EXCHANGE, DEAD_ROUTING_KEY, body,
+                             _properties(props.headers, props.content_type))
+                else:
+                    dropped += 1
+                ch.basic_ack(method.delivery_tag)
+            return dropped
+        return self.call(purge, timeout=120.0)
+
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (up to `timeout`), then close the connection."""
         if self._closed:

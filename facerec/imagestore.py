@@ -39,8 +39,8 @@ class ImageStore(Protocol):
     def read(self, image_hash: str) -> bytes | None:
         """The stored bytes for viewing, or None (always None when inline)."""
 
-    def delete(self, image_hash: str) -> None:
-        """Remove the object if present."""
+    def delete(self, image_hash: str) -> bool:
+        """Remove the object if present; True if there was one."""
 
 
 class InlineStore:
@@ -58,8 +58,8 @@ class InlineStore:
     def read(self, image_hash: str) -> bytes | None:
         return None
 
-    def delete(self, image_hash: str) -> None:
-        pass
+    def delete(self, image_hash: str) -> bool:
+        return False
 
 
 class _ObjectStore(ABC):
@@ -111,8 +111,14 @@ class LocalStore(_ObjectStore):
         except OSError as exc:
             raise ImageStoreUnavailable(f"cannot read {image_hash}: {exc}") from exc
 
-    def delete(self, image_hash: str) -> None:
-        (self.root / image_hash).unlink(missing_ok=True)
+    def delete(self, image_hash: str) -> bool:
+        try:
+            (self.root / image_hash).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ImageStoreUnavailable(f"cannot delete {image_hash}: {exc}") from exc
 
 
 class GCSStore(_ObjectStore):
@@ -173,16 +179,18 @@ class GCSStore(_ObjectStore):
             raise ImageStoreUnavailable(f"download of {self.ref(image_hash)} failed: "
                                         f"{exc}") from exc
 
-    def delete(self, image_hash: str) -> None:
+    def delete(self, image_hash: str) -> bool:
         from google.api_core import exceptions
 
         try:
             self._bucket.blob(self._name(image_hash)).delete(timeout=self.timeout,
                                                              retry=self.retry)
+            return True
         except exceptions.NotFound:
-            pass
-        except Exception as exc:
-            raise ImageStoreUnavailable(f"delete of {self.ref(image_hash)} failed: {exc}") from exc
+            return False
+        except Exception as exc:  # google-cloud raises many types
+            raise ImageStoreUnavailable(f"delete of {self.ref(image_hash)} failed: "
+                                        f"{exc}") from exc
 
 
 def open_store(settings: Settings) -> ImageStore:

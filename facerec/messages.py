@@ -11,8 +11,10 @@ the image decoder after its SHA-256 matches the header.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,8 @@ OUTCOME_HEADER = "X-Facerec-Outcome"
 HASH_PATTERN = "^[0-9a-f]{64}$"
 HASH_DESCRIPTION = "64 lowercase hex digits (SHA-256)"
 _HASH = re.compile(HASH_PATTERN)
+TICKET_BYTES = 16
+_TICKET = re.compile(f"[0-9a-f]{{{2 * TICKET_BYTES}}}")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -49,6 +53,9 @@ class ImageMessage:
     kind: str
     body: bytes
     ref: str = ""  # where the bytes are stored (schema 2); "" when they are the body
+    # Random id given by rest (facerec.store: tickets keep erased images erased); "" in
+    # messages of versions before erasure existed.
+    ticket: str = ""
 
     @classmethod
     def for_image(cls, body: bytes, name: str, kind: str) -> ImageMessage:
@@ -58,11 +65,15 @@ class ImageMessage:
 
     def stored_at(self, ref: str) -> ImageMessage:
         """The schema-2 form of this message: no body, a reference instead."""
-        return ImageMessage(self.image_hash, self.name, self.kind, b"", ref)
+        return dataclasses.replace(self, body=b"", ref=ref)
+
+    def with_ticket(self) -> ImageMessage:
+        """This message with a new random ticket."""
+        return dataclasses.replace(self, ticket=secrets.token_hex(TICKET_BYTES))
 
     def with_body(self, body: bytes) -> ImageMessage:
         """The message with the bytes read back from the store, checked against the hash."""
-        msg = ImageMessage(self.image_hash, self.name, self.kind, body)
+        msg = dataclasses.replace(self, body=body, ref="")
         msg.check()  # the bytes came back from the store: they must be the ones named
         return msg
 
@@ -72,6 +83,8 @@ class ImageMessage:
                                    "kind": self.kind}
         if self.ref:
             headers["ref"] = self.ref
+        if self.ticket:
+            headers["ticket"] = self.ticket
         return headers
 
     def check(self, hashed: bool = False) -> None:
@@ -82,6 +95,9 @@ class ImageMessage:
             raise InvalidMessage(f"header name must have 1 to {MAX_NAME_LENGTH} characters")
         if self.kind not in KINDS:
             raise InvalidMessage(f"header kind must be one of {sorted(KINDS)}")
+        if self.ticket and _TICKET.fullmatch(self.ticket) is None:
+            raise InvalidMessage(f"header ticket must be {2 * TICKET_BYTES} lowercase hex "
+                                 f"digits")
         if self.ref:
             if self.body:
                 raise InvalidMessage("a message with a ref must have an empty body")
@@ -105,9 +121,12 @@ class ImageMessage:
         if schema not in (INLINE_SCHEMA, STORED_SCHEMA) or isinstance(schema, bool):
             raise InvalidMessage(f"unsupported schema {schema!r}")
         keys = ("hash", "name", "kind") + (("ref",) if schema == STORED_SCHEMA else ())
+        optional = ("ticket",)
         fields = {}
-        for key in keys:
+        for key in keys + optional:
             value = headers.get(key)
+            if value is None and key in optional:
+                continue
             if isinstance(value, bytes):
                 try:
                     value = value.decode("utf-8")
@@ -117,7 +136,7 @@ class ImageMessage:
                 raise InvalidMessage(f"header {key} missing or not a string")
             fields[key] = value
         msg = cls(fields["hash"], fields["name"], fields["kind"], bytes(body),
-                  fields.get("ref", ""))
+                  fields.get("ref", ""), fields.get("ticket", ""))
         if schema == STORED_SCHEMA and not msg.ref:
             raise InvalidMessage("schema 2 needs a non-empty ref")
         msg.check()

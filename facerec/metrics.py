@@ -28,6 +28,9 @@ SCANS_REJECTED = Counter("facerec_scans_rejected_total",
 STORE_UPLOADS = Counter("facerec_store_uploads_total",
                         "Images written to the image store (uploaded) or found there (existed)",
                         ["outcome"])
+ERASURES = Counter("facerec_erasures_total",
+                   "Erasures: images erased by hash (image) or with their last name (name), "
+                   "names removed from images that keep others (name_only)", ["what"])
 REQUEST_SECONDS = Histogram("facerec_http_request_seconds", "REST request latency",
                             ["method", "route"],
                             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))

@@ -27,7 +27,7 @@ from facerec.matcher import FaceIndex
 from facerec.messages import ImageMessage
 from facerec.retry import Backoff, retry
 from facerec.settings import Settings
-from facerec.store import Match, Store
+from facerec.store import LogState, Match, Store
 
 T = TypeVar("T")
 # Outages waited out in place: they say nothing about the image, so they use no attempt.
@@ -40,7 +40,8 @@ Hook = Callable[[str, ImageMessage], None]
 @dataclass
 class Outcome:
     image_hash: str
-    status: str  # "processed" or "duplicate" (already processed: name added, no scan)
+    status: str  # "processed", "duplicate" (already processed: name added, no scan) or
+    # "erased" (erased after it was queued: nothing written)
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     matches: dict[str, Match] = field(default_factory=dict)
     retries: int = 0  # stale commits retried (another worker committed meanwhile)
@@ -62,6 +63,7 @@ class Processor:
         self.store = store
         self.images = images or InlineStore()
         self.index = FaceIndex()
+        self.erased = 0  # erasures of the face log applied to the index
         self.log = log or logging.getLogger("facerec.worker")
         self.stop = stop or threading.Event()
         self.hook = hook
@@ -76,22 +78,40 @@ class Processor:
                      stop=self.stop, log=log)
 
     def sync(self) -> bool:
-        """Bring the index up to the face log; True if it had to be rebuilt from scratch."""
+        """Bring the index up to the face log: load new entries, forget erased ones.
+
+        True if matches computed against the old index may be wrong: it was rebuilt from
+        scratch (Redis lost or replaced its data) or images were erased since.
+        """
         def load() -> bool:
-            epoch, length = self.store.face_log_state()
-            rebuilt = epoch != self.index.epoch or length < self.index.version
+            state = self.store.face_log_state()
+            rebuilt = (state.epoch != self.index.epoch or state.length < self.index.version
+                       or state.erased < self.erased)
             if rebuilt:
                 if self.index.version:
-                    # Redis lost or replaced its data (e.g. restarted without persistence).
                     self.log.info("face log epoch changed: reloading the index")
                 self.index.clear()
-                self.index.epoch = epoch
+                self.index.epoch = state.epoch
+                self.erased = 0
             self.index.extend(self.store.face_log_since(self.index.version))
-            return rebuilt
+            # Positions beyond what was just loaded are ignored by remove(): they arrive
+            # later as tombstones. Either way they count as seen.
+            positions = self.store.erasures_since(self.erased)
+            if positions:
+                removed = self.index.remove(positions)
+                self.erased += len(positions)
+                self.log.info("index: %d erased images forgotten (%d faces)", len(positions),
+                              removed)
+            return rebuilt or bool(positions)
         return self.with_retry("index sync", load)
 
+    @property
+    def state(self) -> LogState:
+        """The face-log state this worker's index has seen (what a commit expects)."""
+        return LogState(self.index.epoch, self.index.version, self.erased)
+
     def update_index_gauges(self) -> None:
-        metrics.INDEX_FACES.set(self.index.n_faces)
+        metrics.INDEX_FACES.set(self.index.live_faces)
         metrics.INDEX_BYTES.set(self.index.nbytes)
 
     def load_index(self) -> None:
@@ -108,9 +128,15 @@ class Processor:
         stored = bool(msg.ref)
         if stored:
             check_ref(self.images, h, msg.ref)
-        if self.with_retry("dedup check",
-                           lambda: self.store.add_name_if_processed(h, msg.name)):
-            self.log.info("image %s already processed: added name %r", h, msg.name)
+        known = self.with_retry("dedup check", lambda: self.store.check_message(
+            h, msg.name, msg.ticket))
+        if known != "todo":
+            if known == "erased":
+                self.log.info("image %s was erased after it was queued: dropped", h)
+                metrics.IMAGES.labels("erased").inc()
+                return Outcome(h, "erased", seconds=time.monotonic() - start)
+            self.log.info("image %s already processed%s", h,
+                          f": added name {msg.name!r}" if known == "dup" else "")
             metrics.IMAGES.labels("duplicate").inc()
             self.discard_stored(h, stored)
             return Outcome(h, "duplicate", seconds=time.monotonic() - start)
@@ -124,7 +150,7 @@ class Processor:
                        rgb.shape[1], rgb.shape[0])
         if self.hook is not None:
             self.hook("before_commit", msg)
-        outcome = self.commit_faces(h, msg.name, found, start)
+        outcome = self.commit_faces(h, msg.name, found, start, ticket=msg.ticket)
         if self.hook is not None:
             self.hook("after_commit", msg)
         self.discard_stored(h, stored)
@@ -137,11 +163,12 @@ class Processor:
             self.log.debug("image %s: deleted from the store", image_hash)
 
     def commit_faces(self, h: str, name: str, found: face_ops.Faces,
-                     start: float | None = None) -> Outcome:
+                     start: float | None = None, ticket: str = "") -> Outcome:
         """Match found faces against the index and commit, retrying on a stale version.
 
         Optimistic: the index is brought up to date only when the commit script says
-        another worker committed since, and then only the delta is searched.
+        another worker committed (then only the delta is searched) or an image was erased
+        since (then the faces are searched again: a match found before may be gone).
         """
         start = time.monotonic() if start is None else start
         outcome = Outcome(h, "processed", boxes=found.boxes)
@@ -154,7 +181,7 @@ class Processor:
                     start_face=searched_from))
             result = self.with_retry("commit", functools.partial(
                 self.store.commit, h, [name], found.encodings, found.boxes,
-                list(outcome.matches.values()), self.index.epoch, self.index.version))
+                list(outcome.matches.values()), self.state, ticket))
             if result.status == "ok":
                 self.index.add(h, found.encodings)
                 break
@@ -163,12 +190,16 @@ class Processor:
                               h, name)
                 metrics.IMAGES.labels("duplicate").inc()
                 return Outcome(h, "duplicate", seconds=time.monotonic() - start)
+            if result.status == "erased":
+                self.log.info("image %s was erased while it was processed: dropped", h)
+                metrics.IMAGES.labels("erased").inc()
+                return Outcome(h, "erased", seconds=time.monotonic() - start)
             outcome.retries += 1
             metrics.COMMIT_RETRIES.inc()
             self.log.debug("image %s: face log moved from %d to %d images; matching the delta",
                            h, self.index.version, result.version)
             if self.sync():
-                searched_from = 0  # a new index: forget matches to images it no longer has
+                searched_from = 0  # forget matches to images the index no longer has
                 outcome.matches.clear()
             else:
                 searched_from = searched_to

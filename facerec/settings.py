@@ -8,6 +8,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from facerec import credentials
+
 # The most deliveries of one message: RabbitMQ's own limit on the image queue (its
 # arguments are fixed once the queue exists), which MAX_DELIVERIES may only lower.
 DELIVERY_CEILING = 5
@@ -52,6 +54,9 @@ class Settings:
     fetch_max_redirects: int = 3
     # Networks URL fetching may reach although they are not public (tests, private setups).
     fetch_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Credentials (facerec.credentials): with any set, every route that reads or changes
+    # data needs one. API_TOKEN is one more full-scope credential (id "token").
+    api_keys: str = ""
     api_token: str = ""
     # inline | gs://bucket[/prefix] | file:///dir (see facerec.imagestore)
     image_store: str = "inline"
@@ -102,3 +107,4 @@ class Settings:
             raise ValueError(f"MAX_DELIVERIES must be in 1..{DELIVERY_CEILING}")
         if self.prefetch < 1:
             raise ValueError("PREFETCH must be at least 1")
+        credentials.parse(self.api_keys, self.api_token)

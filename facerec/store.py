@@ -7,14 +7,29 @@ name or hash; everything else the service needs lives in database 5 (META):
     2  image hash -> names of the image          (set)
     3  image hash -> face encodings              (string: float32 little-endian, 128 per face)
     4  image hash -> hashes of matching images   (set, symmetric)
-    5  image:<hash> status/faces/reason (hash), pending:<hash> names (set),
-       dist:<hash> other hash -> best face distance (hash), facelog (list),
-       facelog:epoch (string)
+    5  everything else:
+       image:<hash>    status, faces (boxes JSON), reason, updated, scans, pos (hash)
+       pending:<hash>  names given while the image is queued (set)
+       dist:<hash>     other hash -> best face distance (hash)
+       tickets:<hash>  the tickets of its messages not yet settled (set; see below)
+       url:<url>       hash fetched from that URL (string): /scan/url's cache, written
+                       only for URLs rest fetched itself, never for upload names
+       prior:<name>    hashes that had this name before it was given to other bytes (set)
+       facelog         hashes of the processed images with faces, in commit order (list);
+                       an erased image's entry becomes "" (its position stays)
+       facelog:epoch   random id of this face log (string)
+       facelog:erased  face-log positions erased, in order (list of integers)
 
-`facelog` lists, in commit order, the hashes of the processed images that have faces.
-Its epoch (`facelog:epoch`) and length are the version a worker's in-memory index has
-seen; the commit script refuses a commit whose version is stale, so every pair of images
-is compared exactly once, by whichever of the two committed second (see facerec.pipeline).
+The version of a worker's in-memory index is (epoch, face-log length, erasure count); the
+commit script refuses a commit whose version is stale, so every pair of images is compared
+exactly once, by whichever of the two committed second, and no match is ever recorded
+with an image erased meanwhile (see facerec.pipeline).
+
+Tickets keep erased images erased. rest gives each message a random ticket and adds it
+to tickets:<hash> before publishing; the worker's writes for that message require it, and
+the commit removes it. Erasure deletes the set: a message of an erased image that is still
+queued, being processed, or dead-lettered and requeued later finds its ticket gone and
+writes nothing, while the same bytes scanned again get a new ticket and a normal scan.
 """
 
 from __future__ import annotations
@@ -72,9 +87,14 @@ FACE_LOG_EPOCH = "facelog:epoch"
 FACE_BYTES = ENCODING_DIM * ENCODING_DTYPE.itemsize
 
 
+# Face-log positions of erased images, in order: workers drop those faces from their index.
+FACE_LOG_ERASED = "facelog:erased"
 IMAGE_PREFIX = "image:"
 PENDING_PREFIX = "pending:"
 DISTANCES_PREFIX = "dist:"
+TICKETS_PREFIX = "tickets:"
+URL_PREFIX = "url:"
+PRIOR_PREFIX = "prior:"
 
 
 def image_key(image_hash: str) -> str:
@@ -99,16 +119,25 @@ def encodings_from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=ENCODING_DTYPE).reshape(-1, ENCODING_DIM)
 
 
-# Shared Lua prelude: ARGV[1] hash, ARGV[2] number of names, then the names.
-_NAMES_PRELUDE = """
+# Shared Lua prelude: ARGV[1] hash, ARGV[2] the message's ticket ("" for none), ARGV[3]
+# number of names, then the names; `rest` indexes the script's own arguments.
+_PRELUDE = """
 local h = ARGV[1]
-local nnames = tonumber(ARGV[2])
+local ticket = ARGV[2]
+local nnames = tonumber(ARGV[3])
 local names = {}
-for j = 1, nnames do names[j] = ARGV[2 + j] end
-local rest = 3 + nnames
+for j = 1, nnames do names[j] = ARGV[3 + j] end
+local rest = 4 + nnames
 local function add_names()
-  redis.call('SELECT', %(names_db)d)
-  for _, n in ipairs(names) do redis.call('SET', n, h) end
+  for _, n in ipairs(names) do
+    redis.call('SELECT', %(names_db)d)
+    local old = redis.call('GET', n)
+    redis.call('SET', n, h)
+    if old and old ~= h then
+      redis.call('SELECT', %(meta)d)
+      redis.call('SADD', '%(prior)s' .. n, old)
+    end
+  end
   redis.call('SELECT', %(image_names_db)d)
   for _, n in ipairs(names) do redis.call('SADD', h, n) end
   redis.call('SELECT', %(meta)d)
@@ -116,25 +145,85 @@ local function add_names()
 end
 redis.call('SELECT', %(meta)d)
 local status = redis.call('HGET', '%(image)s' .. h, 'status')
+-- A message without a ticket comes from a version before tickets: always valid.
+local valid = ticket == '' or redis.call('SISMEMBER', '%(tickets)s' .. h, ticket) == 1
+local function drop_ticket()
+  if ticket ~= '' then redis.call('SREM', '%(tickets)s' .. h, ticket) end
+end
 """
 
-# Commit one processed image to all five databases atomically.
-# After the prelude: epoch, version, encodings blob, faces JSON, timestamp, number of
-# matches, then (other hash, distance) pairs. Returns {'ok'|'dup'|'stale', log length}.
-_COMMIT = _NAMES_PRELUDE + """
+# Erase one image everywhere (a Lua function the two erasure scripts share). Returns nil
+# when nothing is known of it, else {faces, matches, name...}.
+_ERASE_FUNCTION = """
+local function erase(x)
+  redis.call('SELECT', %(meta)d)
+  local info = redis.call('EXISTS', '%(image)s' .. x, '%(tickets)s' .. x, '%(pending)s' .. x)
+  local pending = redis.call('SMEMBERS', '%(pending)s' .. x)
+  local pos = redis.call('HGET', '%(image)s' .. x, 'pos')
+  redis.call('SELECT', %(image_names_db)d)
+  local all = redis.call('SMEMBERS', x)
+  redis.call('SELECT', %(encodings_db)d)
+  local blob = redis.call('GET', x)
+  if info == 0 and #all == 0 and not blob then return nil end
+  for _, n in ipairs(pending) do table.insert(all, n) end
+  for _, n in ipairs(all) do
+    redis.call('SELECT', %(names_db)d)
+    if redis.call('GET', n) == x then redis.call('DEL', n) end
+    redis.call('SELECT', %(meta)d)
+    if redis.call('GET', '%(url)s' .. n) == x then redis.call('DEL', '%(url)s' .. n) end
+    redis.call('SREM', '%(prior)s' .. n, x)
+  end
+  redis.call('SELECT', %(image_names_db)d)
+  redis.call('DEL', x)
+  redis.call('SELECT', %(encodings_db)d)
+  redis.call('DEL', x)
+  redis.call('SELECT', %(matches_db)d)
+  local others = redis.call('SMEMBERS', x)
+  for _, o in ipairs(others) do redis.call('SREM', o, x) end
+  redis.call('DEL', x)
+  redis.call('SELECT', %(meta)d)
+  for _, o in ipairs(others) do redis.call('HDEL', '%(dist)s' .. o, x) end
+  redis.call('DEL', '%(dist)s' .. x, '%(image)s' .. x, '%(pending)s' .. x,
+             '%(tickets)s' .. x)
+  if pos then
+    redis.call('LSET', '%(face_log)s', tonumber(pos), '')
+    redis.call('RPUSH', '%(face_log_erased)s', pos)
+  end
+  local out = {blob and math.floor(#blob / %(face_bytes)d) or 0, #others}
+  for _, n in ipairs(all) do table.insert(out, n) end
+  return out
+end
+"""
+
+# Commit one processed image to all five databases atomically. After the prelude: epoch,
+# face-log length, erasure count, encodings blob, faces JSON, timestamp, number of
+# matches, then (other hash, distance) pairs. Returns {status, face-log length}:
+#   ok     committed
+#   dup    already processed (by another message: its names added; or by this same
+#          message, redelivered after a crash: nothing to add)
+#   stale  the face log moved (commits or erasures): sync the index and retry
+#   erased the image was erased since this message was queued: nothing written
+_COMMIT = _PRELUDE + """
 local expected_epoch = ARGV[rest]
 local expected = tonumber(ARGV[rest + 1])
-local blob = ARGV[rest + 2]
-local faces = ARGV[rest + 3]
-local now = ARGV[rest + 4]
-local nmatches = tonumber(ARGV[rest + 5])
-local first = rest + 6
+local expected_erased = tonumber(ARGV[rest + 2])
+local blob = ARGV[rest + 3]
+local faces = ARGV[rest + 4]
+local now = ARGV[rest + 5]
+local nmatches = tonumber(ARGV[rest + 6])
+local first = rest + 7
+local version = redis.call('LLEN', '%(face_log)s')
+if not valid then
+  if status == 'done' then return {'dup', version} end
+  return {'erased', version}
+end
 if status == 'done' then
   add_names()
-  return {'dup', redis.call('LLEN', '%(face_log)s')}
+  drop_ticket()
+  return {'dup', version}
 end
-local version = redis.call('LLEN', '%(face_log)s')
-if version ~= expected or redis.call('GET', '%(face_log_epoch)s') ~= expected_epoch then
+if version ~= expected or redis.call('GET', '%(face_log_epoch)s') ~= expected_epoch
+    or redis.call('LLEN', '%(face_log_erased)s') ~= expected_erased then
   return {'stale', version}
 end
 add_names()
@@ -152,49 +241,125 @@ for j = 0, nmatches - 1 do
   redis.call('HSET', '%(dist)s' .. h, other, d)
   redis.call('HSET', '%(dist)s' .. other, h, d)
 end
+local key = '%(image)s' .. h
 if #blob > 0 then
   redis.call('RPUSH', '%(face_log)s', h)
+  redis.call('HSET', key, 'pos', version)
   version = version + 1
 end
-local key = '%(image)s' .. h
 redis.call('HSET', key, 'status', 'done', 'faces', faces, 'updated', now)
 redis.call('HDEL', key, 'reason')
 redis.call('HINCRBY', key, 'scans', 1)
+drop_ticket()
 return {'ok', version}
 """
 
-# A name for an image already processed: record it, return 1; otherwise 0.
-_ADD_NAME_IF_DONE = _NAMES_PRELUDE + """
-if status == 'done' then add_names() return 1 end
-return 0
+# rest, before anything leaves (so that an error answer means nothing was queued): for a
+# processed image, record the name and answer 'dup'; otherwise give the message its
+# ticket, mark the image queued with its pending name, remember which hash a fetched URL
+# gave, and answer 'queued'. ARGV after the prelude: now, url ("" for an upload).
+_PREPARE = _PRELUDE + """
+if status == 'done' then add_names() return 'dup' end
+if ticket ~= '' then redis.call('SADD', '%(tickets)s' .. h, ticket) end
+local key = '%(image)s' .. h
+redis.call('HSET', key, 'status', 'queued', 'updated', ARGV[rest])
+redis.call('HDEL', key, 'reason')
+for _, n in ipairs(names) do redis.call('SADD', '%(pending)s' .. h, n) end
+if ARGV[rest + 1] ~= '' then redis.call('SET', '%(url)s' .. ARGV[rest + 1], h) end
+return 'queued'
 """
 
-# An image has been queued: mark it (unless done) and remember its pending name.
-_MARK_QUEUED = _NAMES_PRELUDE + """
-if status == 'done' then return 0 end
-redis.call('HSET', '%(image)s' .. h, 'status', 'queued', 'updated', ARGV[rest])
-for _, n in ipairs(names) do redis.call('SADD', '%(pending)s' .. h, n) end
+# rest, when the message could not be stored or published: undo what _PREPARE wrote,
+# unless another scan of the image is queued or it was processed meanwhile. ARGV after
+# the prelude: url ("" for an upload), the reason.
+_RELEASE = _PRELUDE + """
+drop_ticket()
+if status ~= 'queued' or redis.call('SCARD', '%(tickets)s' .. h) > 0 then return 0 end
+for _, n in ipairs(names) do redis.call('SREM', '%(pending)s' .. h, n) end
+local url = ARGV[rest]
+if url ~= '' and redis.call('GET', '%(url)s' .. url) == h then
+  redis.call('DEL', '%(url)s' .. url)
+end
+if redis.call('SCARD', '%(pending)s' .. h) == 0 then
+  redis.call('DEL', '%(image)s' .. h)
+else
+  redis.call('HSET', '%(image)s' .. h, 'status', 'failed', 'reason', ARGV[rest + 1])
+end
 return 1
 """
 
-# Processing failed for good: mark it (unless another delivery finished it).
-_MARK_FAILED = _NAMES_PRELUDE + """
-if status == 'done' then return 0 end
+# The worker, before processing: 'dup' (processed: names added), 'done' (processed from
+# this very message, or erased and scanned again since: nothing to add), 'erased' or 'todo'.
+_CHECK_MESSAGE = _PRELUDE + """
+if status == 'done' then
+  if valid then add_names() drop_ticket() return 'dup' end
+  return 'done'
+end
+if not valid then return 'erased' end
+return 'todo'
+"""
+
+# Processing failed for good: mark it, unless another delivery finished it or it was
+# erased. The ticket stays: a dead letter requeued later may still be processed.
+_MARK_FAILED = _PRELUDE + """
+if status == 'done' or not valid then return 0 end
 redis.call('HSET', '%(image)s' .. h, 'status', 'failed', 'reason', ARGV[rest],
            'updated', ARGV[rest + 1])
 for _, n in ipairs(names) do redis.call('SADD', '%(pending)s' .. h, n) end
 return 1
 """
 
+# ARGV[1] hash. Returns erase()'s answer.
+_ERASE_IMAGE = _ERASE_FUNCTION + """
+return erase(ARGV[1])
+"""
+
+# ARGV[1] a name. Removes it from the image it names and from the images that had it
+# before; an image left without any name is erased. Returns nil for an unknown name, else
+# {hash it named, then for each image erased: {hash, faces, matches, name...}}.
+_ERASE_NAME = _ERASE_FUNCTION + """
+local n = ARGV[1]
+redis.call('SELECT', %(names_db)d)
+local h = redis.call('GET', n)
+redis.call('SELECT', %(meta)d)
+local prior = redis.call('SMEMBERS', '%(prior)s' .. n)
+if not h and #prior == 0 then return nil end
+redis.call('DEL', '%(prior)s' .. n)
+local out = {h or ''}
+local holders = prior
+if h then table.insert(holders, h) end
+redis.call('SELECT', %(names_db)d)
+redis.call('DEL', n)
+for _, x in ipairs(holders) do
+  redis.call('SELECT', %(image_names_db)d)
+  redis.call('SREM', x, n)
+  local left = redis.call('SCARD', x)
+  redis.call('SELECT', %(meta)d)
+  redis.call('SREM', '%(pending)s' .. x, n)
+  if redis.call('GET', '%(url)s' .. n) == x then redis.call('DEL', '%(url)s' .. n) end
+  left = left + redis.call('SCARD', '%(pending)s' .. x)
+  if left == 0 then
+    local erased = erase(x)
+    if erased then
+      table.insert(erased, 1, x)
+      table.insert(out, erased)
+    end
+  end
+end
+return out
+"""
+
 _DBS = {"names_db": NAME_TO_HASH, "image_names_db": HASH_TO_NAMES,
         "encodings_db": HASH_TO_ENCODINGS, "matches_db": HASH_TO_MATCHES, "meta": META,
-        "face_log": FACE_LOG, "face_log_epoch": FACE_LOG_EPOCH, "image": IMAGE_PREFIX,
-        "pending": PENDING_PREFIX, "dist": DISTANCES_PREFIX}
+        "face_log": FACE_LOG, "face_log_epoch": FACE_LOG_EPOCH,
+        "face_log_erased": FACE_LOG_ERASED, "image": IMAGE_PREFIX, "pending": PENDING_PREFIX,
+        "dist": DISTANCES_PREFIX, "tickets": TICKETS_PREFIX, "url": URL_PREFIX,
+        "prior": PRIOR_PREFIX, "face_bytes": FACE_BYTES}
 
 
 @dataclass(frozen=True)
 class CommitResult:
-    status: str  # "ok", "dup" (already processed: names added) or "stale" (retry)
+    status: str  # "ok", "dup", "stale" or "erased" (see _COMMIT)
     version: int  # face log length after the call
 
 
@@ -202,6 +367,35 @@ class CommitResult:
 class Match:
     image_hash: str
     distance: float
+
+
+@dataclass(frozen=True)
+class LogState:
+    """Where the face log stands: what a worker's index must have seen to commit."""
+
+    epoch: str
+    length: int   # entries (erased ones included: their positions stay)
+    erased: int   # erasures so far
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What an erasure removed."""
+
+    image_hash: str
+    names: list[str]
+    faces: int
+    matches: int  # other images whose match sets lost it
+
+
+def _args(image_hash: str, ticket: str, names: Iterable[str], *more: bytes | str | int | float
+          ) -> list[bytes | str | int | float]:
+    names = list(names)
+    return [image_hash, ticket, len(names), *names, *more]
+
+
+def _now() -> str:
+    return f"{time.time():.3f}"
 
 
 class Store:
@@ -218,9 +412,12 @@ class Store:
         self._encodings = client(HASH_TO_ENCODINGS, False)
         meta = self._db[META]
         self._commit = meta.register_script(_COMMIT % _DBS)
-        self._add_name_if_done = meta.register_script(_ADD_NAME_IF_DONE % _DBS)
-        self._mark_queued = meta.register_script(_MARK_QUEUED % _DBS)
+        self._prepare = meta.register_script(_PREPARE % _DBS)
+        self._check_message = meta.register_script(_CHECK_MESSAGE % _DBS)
+        self._release = meta.register_script(_RELEASE % _DBS)
         self._mark_failed = meta.register_script(_MARK_FAILED % _DBS)
+        self._erase_image = meta.register_script(_ERASE_IMAGE % _DBS)
+        self._erase_name = meta.register_script(_ERASE_NAME % _DBS)
 
     def close(self) -> None:
         for c in (*self._db.values(), self._encodings):
@@ -235,30 +432,58 @@ class Store:
     @_translated
     def commit(self, image_hash: str, names: Iterable[str], encodings: np.ndarray,
                boxes: list[tuple[int, int, int, int]], matches: Iterable[Match],
-               epoch: str, version: int) -> CommitResult:
-        """Commit if the face log is still at (epoch, version); else answer `stale`."""
-        names = list(names)
-        args: list[bytes | str | int | float] = [image_hash, len(names), *names, epoch, version,
-                              encodings_to_bytes(encodings), json.dumps(boxes),
-                              f"{time.time():.3f}"]
+               state: LogState, ticket: str = "") -> CommitResult:
+        """Commit if the face log is still at `state`; else answer `stale` (see _COMMIT)."""
         match_list = list(matches)
-        args.append(len(match_list))
+        pairs: list[bytes | str | int | float] = []
         for m in match_list:
-            args += [m.image_hash, f"{m.distance:.6f}"]
-        status, new_version = self._commit(args=args)
+            pairs += [m.image_hash, f"{m.distance:.6f}"]
+        status, new_version = self._commit(args=_args(
+            image_hash, ticket, names, state.epoch, state.length, state.erased,
+            encodings_to_bytes(encodings), json.dumps(boxes), _now(), len(match_list),
+            *pairs))
         return CommitResult(status, int(new_version))
 
     @_translated
-    def add_name_if_processed(self, image_hash: str, name: str) -> bool:
-        return bool(self._add_name_if_done(args=[image_hash, 1, name]))
+    def prepare(self, image_hash: str, name: str, ticket: str, url: str = "") -> bool:
+        """Before queueing: True if the image is processed (the name is recorded, nothing
+        to queue); else its ticket is given and it is marked queued (see _PREPARE)."""
+        return str(self._prepare(args=_args(image_hash, ticket, [name], _now(), url))) == "dup"
 
     @_translated
-    def mark_queued(self, image_hash: str, name: str) -> None:
-        self._mark_queued(args=[image_hash, 1, name, f"{time.time():.3f}"])
+    def release(self, image_hash: str, name: str, ticket: str, url: str, reason: str) -> None:
+        """The message of prepare() was not queued after all: undo what it wrote."""
+        self._release(args=_args(image_hash, ticket, [name], url, reason))
 
     @_translated
-    def mark_failed(self, image_hash: str, name: str, reason: str) -> None:
-        self._mark_failed(args=[image_hash, 1, name, reason, f"{time.time():.3f}"])
+    def check_message(self, image_hash: str, name: str, ticket: str) -> str:
+        """'todo', 'dup' (processed: name recorded), 'done' (nothing to add) or 'erased'."""
+        return str(self._check_message(args=_args(image_hash, ticket, [name])))
+
+    @_translated
+    def mark_failed(self, image_hash: str, name: str, reason: str, ticket: str = "") -> None:
+        self._mark_failed(args=_args(image_hash, ticket, [name], reason, _now()))
+
+    @_translated
+    def erase_image(self, image_hash: str) -> Erased | None:
+        """Erase an image from all five databases; None if nothing was known of it."""
+        out = self._erase_image(args=[image_hash])
+        if out is None:
+            return None
+        return Erased(image_hash, sorted(set(out[2:])), int(out[0]), int(out[1]))
+
+    @_translated
+    def erase_name(self, name: str) -> tuple[str, list[Erased]] | None:
+        """Remove a name everywhere; images left without a name are erased too.
+
+        Returns (the hash the name pointed to, or "", the images erased), or None if the
+        name is unknown.
+        """
+        out = self._erase_name(args=[name])
+        if out is None:
+            return None
+        erased = [Erased(str(e[0]), sorted(set(e[3:])), int(e[1]), int(e[2])) for e in out[1:]]
+        return str(out[0]), erased
 
     # -- reads --------------------------------------------------------------------------
 
@@ -267,26 +492,39 @@ class Store:
         return cast(str | None, self._db[NAME_TO_HASH].get(name))
 
     @_translated
+    def hash_for_url(self, url: str) -> str | None:
+        """The hash a URL gave when rest fetched it (never an upload's name)."""
+        return cast(str | None, self._db[META].get(URL_PREFIX + url))
+
+    @_translated
     def is_processed(self, image_hash: str) -> bool:
         return self._db[META].hget(image_key(image_hash), "status") == "done"
 
     @_translated
-    def face_log_state(self) -> tuple[str, int]:
-        """(epoch, length) of the face log; starts a new epoch if there is none."""
+    def face_log_state(self) -> LogState:
+        """Where the face log stands; starts a new epoch if there is none."""
         pipe = self._db[META].pipeline(transaction=True)
         pipe.set(FACE_LOG_EPOCH, uuid.uuid4().hex, nx=True)
         pipe.get(FACE_LOG_EPOCH)
         pipe.llen(FACE_LOG)
-        _, epoch, length = pipe.execute()
-        return str(epoch), int(length)
+        pipe.llen(FACE_LOG_ERASED)
+        _, epoch, length, erased = pipe.execute()
+        return LogState(str(epoch), int(length), int(erased))
+
+    @_translated
+    def erasures_since(self, count: int) -> list[int]:
+        """Face-log positions erased after the first `count` erasures, in order."""
+        return [int(p) for p in self._db[META].lrange(FACE_LOG_ERASED, count, -1)]
 
     def face_log_since(self, version: int, batch: int = 10_000
                        ) -> Iterator[tuple[str, np.ndarray]]:
         """Yield (hash, encodings) of face-log entries from position `version` on.
 
-        Each batch's blobs are joined and decoded at once: the encodings yielded are views
-        into one read-only batch array, so loading costs no numpy call per image.
+        An erased entry yields ("", no faces): it keeps its position. Each batch's blobs
+        are joined and decoded at once: the encodings yielded are views into one read-only
+        batch array, so loading costs no numpy call per image.
         """
+        none = np.empty((0, ENCODING_DIM), dtype=ENCODING_DTYPE)
         while True:
             hashes, blobs = self._log_batch(version, batch)
             if not hashes:
@@ -294,6 +532,9 @@ class Store:
             faces = encodings_from_bytes(b"".join(blobs))
             start = 0
             for h, blob in zip(hashes, blobs, strict=True):
+                if not h:
+                    yield "", none
+                    continue
                 end = start + len(blob) // FACE_BYTES
                 yield h, faces[start:end]
                 start = end
@@ -304,11 +545,13 @@ class Store:
         hashes = cast(list[str], self._db[META].lrange(FACE_LOG, version, version + batch - 1))
         if not hashes:
             return [], []
-        blobs = cast(list[bytes | None], self._encodings.mget(hashes))
-        if None in blobs:
-            missing = hashes[blobs.index(None)]
+        live = [h for h in hashes if h]
+        found = cast(list[bytes | None], self._encodings.mget(live)) if live else []
+        if None in found:
+            missing = live[found.index(None)]
             raise RuntimeError(f"face log lists {missing} but database 3 has no encodings")
-        return hashes, cast(list[bytes], blobs)
+        blobs = iter(cast(list[bytes], found))
+        return hashes, [next(blobs) if h else b"" for h in hashes]
 
     @_translated
     def names_of(self, image_hashes: list[str]) -> list[set[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from facerec.settings import Settings
-from rest import errors, ops, queries, scan
+from rest import access, erase, errors, ops, queries, scan
 from rest.services import EXTENSION, Services
 
 
@@ -17,7 +17,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = services or Services.create(settings)
-    errors.init_app(app)
-    for blueprint in (ops.bp, scan.bp, queries.bp):
+    # Names may be URLs ("http://..."): a double slash is part of the name, not a typo.
+    app.url_map.merge_slashes = False
+    errors.init_app(app, access.authorize)
+    for blueprint in (ops.bp, scan.bp, queries.bp, erase.bp):
         app.register_blueprint(blueprint)
     return app

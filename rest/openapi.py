@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from facerec import __version__
+from facerec.credentials import FULL, READ
 from facerec.messages import HASH_DESCRIPTION, HASH_PATTERN, MAX_NAME_LENGTH, OUTCOME_HEADER
 
 
@@ -27,32 +28,49 @@ _SCANNED = {
 # gunicorn answers a request line over 4094 bytes itself, in HTML, before the app runs.
 _URI_TOO_LONG = {"414": {"description": "request line too long (answered by gunicorn)",
                          "content": {"text/html": {"schema": {"type": "string"}}}}}
-_AUTH_AND_BROKER = {"401": _error("API_TOKEN is set and the bearer token is missing or wrong"),
+_UNAUTHORIZED = {"401": _error("credentials are configured and none (or a wrong one) was sent")}
+_FORBIDDEN = {"403": _error("a read-only credential, or a write sent by another site's page "
+                            "without a credential")}
+_AUTH_AND_BROKER = {**_UNAUTHORIZED, **_FORBIDDEN,
                     "503": _error("RabbitMQ or Redis unavailable; nothing was queued")}
+# Who may call an operation (rest.access): nobody needs a credential for OPEN ones; with
+# credentials configured, READ needs any, FULL a full-scope one.
+_OPEN: dict[str, Any] = {"security": []}
+_READ: dict[str, Any] = {"security": [{"bearer": []}], "x-facerec-scope": READ}
+_FULL: dict[str, Any] = {"security": [{"bearer": []}], "x-facerec-scope": FULL}
+_ERASED = {"type": "object",
+           "required": ["hash", "names", "faces", "matches", "stored_object", "dead_letters"],
+           "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN},
+                          "names": {"type": "array", "items": {"type": "string"}},
+                          "faces": {"type": "integer"}, "matches": {"type": "integer"},
+                          "stored_object": {"type": "boolean"},
+                          "dead_letters": {"type": "integer"}}}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "facerec", "version": __version__,
              "description": "Scan images for faces and find the images with matching faces."},
     "paths": {
-        "/": {"get": {"summary": "Service banner (load-balancer probe)", "responses": {
+        "/": {"get": {**_OPEN, "summary": "Service banner (load-balancer probe)", "responses": {
             "200": {"description": "OK", "content": {"application/json": {"schema": {
                 "type": "object", "required": ["service", "status"],
                 "properties": {"service": {"type": "string"},
                                "status": {"type": "string"}}}}}}}}},
-        "/healthz": {"get": {"summary": "Liveness: the process answers", "responses": {
+        "/healthz": {"get": {**_OPEN, "summary": "Liveness: the process answers", "responses": {
             "200": {"description": "alive", "content": {"application/json": {"schema": {
                 "type": "object", "required": ["status"],
                 "properties": {"status": {"type": "string"}}}}}}}}},
-        "/readyz": {"get": {"summary": "Readiness: Redis and RabbitMQ reachable", "responses": {
+        "/readyz": {"get": {**_OPEN, "summary": "Readiness: Redis and RabbitMQ reachable",
+                            "responses": {
             "200": {"description": "ready", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Readiness"}}}},
             "503": {"description": "not ready", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Readiness"}}}}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+        "/metrics": {"get": {**_OPEN, "summary": "Prometheus metrics", "responses": {
             "200": {"description": "text exposition format",
                     "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/scan/image/{filename}": {"post": {
+            **_FULL,
             "summary": "Scan an uploaded image; the body is the raw image bytes",
             "parameters": [{"name": "filename", "in": "path", "required": True,
                             "description": "the name recorded for this image",
@@ -67,6 +85,7 @@ SPEC: dict[str, Any] = {
                           "413": _error("larger than MAX_UPLOAD_BYTES"),
                           **_URI_TOO_LONG, **_AUTH_AND_BROKER}}},
         "/scan/url": {"post": {
+            **_FULL,
             "summary": "Fetch an image by URL and scan it",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["url"],
@@ -79,22 +98,51 @@ SPEC: dict[str, Any] = {
                           "422": _error("the URL could not be fetched or is not an image"),
                           **_AUTH_AND_BROKER}}},
         "/match/{image_hash}": {"get": {
+            **_READ,
             "summary": "Names of the other images with a face matching one in this image",
             "parameters": [_HASH_PARAM],
             "responses": {"200": {"description": "names; [] when unknown or without faces",
                                   "content": {"application/json": {"schema": {
                                       "type": "array", "items": {"type": "string"}}}}},
                           "400": _error("not a SHA-256 hex digest"),
-                          **_URI_TOO_LONG, "503": _error("Redis unavailable")}}},
+                          **_URI_TOO_LONG, **_UNAUTHORIZED, "503": _error("Redis unavailable")}}},
         "/image/{image_hash}": {"get": {
+            **_READ,
             "summary": "Status, faces, names and matches of one image",
             "parameters": [_HASH_PARAM],
             "responses": {"200": {"description": "what is known", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}},
                           "400": _error("not a SHA-256 hex digest"),
                           "404": _error("never scanned"),
-                          **_URI_TOO_LONG, "503": _error("Redis unavailable")}}},
+                          **_URI_TOO_LONG, **_UNAUTHORIZED, "503": _error("Redis unavailable")}},
+            "delete": {
+                **_FULL,
+                "summary": "Erase the image: names, faces, matches, stored bytes, dead letters",
+                "parameters": [_HASH_PARAM],
+                "responses": {"200": {"description": "what was erased", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Erased"}}}},
+                              "400": _error("not a SHA-256 hex digest"),
+                              "404": _error("nothing is held for this hash"),
+                              **_URI_TOO_LONG, **_AUTH_AND_BROKER}}},
+        "/name/{name}": {"delete": {
+            **_FULL,
+            "summary": "Remove a name (URL-encoded; URLs are names too); an image left "
+                       "without any name is erased",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "description": "the file name or URL, percent-encoded",
+                            "schema": {"type": "string", "minLength": 1,
+                                       "maxLength": MAX_NAME_LENGTH}}],
+            "responses": {"200": {"description": "the name is gone", "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["name", "hash", "erased"],
+                    "properties": {"name": {"type": "string"},
+                                   "hash": {"type": "string", "nullable": True},
+                                   "erased": {"type": "array", "items": {
+                                       "$ref": "#/components/schemas/Erased"}}}}}}},
+                          "404": _error("no image has this name"),
+                          **_URI_TOO_LONG, **_AUTH_AND_BROKER}}},
         "/image/{image_hash}/content": {"get": {
+            **_READ,
             "summary": "The stored image itself (IMAGE_STORE set and IMAGE_STORE_KEEP true)",
             "parameters": [_HASH_PARAM],
             "responses": {"200": {"description": "the image bytes", "content": {
@@ -103,12 +151,19 @@ SPEC: dict[str, Any] = {
                                                         "format": "binary"}}}},
                           "400": _error("not a SHA-256 hex digest"),
                           "404": _error("images are not stored, or not this one"),
-                          **_URI_TOO_LONG, "503": _error("image store unavailable")}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {
+                          **_URI_TOO_LONG, **_UNAUTHORIZED,
+                          "503": _error("image store unavailable")}}},
+        "/openapi.json": {"get": {**_OPEN, "summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3 document",
                     "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     },
-    "components": {"schemas": {
+    "components": {"securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "A credential of API_KEYS (id:scope:secret) or API_TOKEN. Scope read: "
+                       "the GET routes; scope full: everything (x-facerec-scope says which "
+                       "an operation needs). Without any credential configured, all is open."}},
+                   "schemas": {
+        "Erased": _ERASED,
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Hash": {"type": "object", "required": ["hash"],

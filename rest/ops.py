@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from facerec import metrics
 from facerec.errors import RedisUnavailable
+from rest.access import OPEN, needs
 from rest.openapi import SPEC
 from rest.services import services
 
@@ -13,16 +14,19 @@ bp = Blueprint("ops", __name__)
 
 
 @bp.get("/")
+@needs(OPEN)
 def index() -> Response:
     return jsonify(service="facerec", status="ok")
 
 
 @bp.get("/healthz")
+@needs(OPEN)
 def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@needs(OPEN)
 def readyz() -> tuple[Response, int]:
     s = services()
     checks = {"redis": False, "rabbitmq": s.broker.ping()}
@@ -35,11 +39,13 @@ def readyz() -> tuple[Response, int]:
 
 
 @bp.get("/openapi.json")
+@needs(OPEN)
 def openapi() -> Response:
     return jsonify(SPEC)
 
 
 @bp.get("/metrics")
+@needs(OPEN)
 def metrics_text() -> Response:
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from facerec import faces
 from facerec.messages import HASH_DESCRIPTION, is_image_hash
+from rest.access import READ, needs
 from rest.errors import ApiError
 from rest.services import services
 
@@ -19,11 +20,13 @@ def checked_hash(image_hash: str) -> str:
 
 
 @bp.get("/match/<image_hash>")
+@needs(READ)
 def match(image_hash: str) -> Response:
     return jsonify(services().store.matching_names(checked_hash(image_hash)))
 
 
 @bp.get("/image/<image_hash>")
+@needs(READ)
 def image(image_hash: str) -> Response:
     view = services().store.image_view(checked_hash(image_hash))
     if view is None:
@@ -32,6 +35,7 @@ def image(image_hash: str) -> Response:
 
 
 @bp.get("/image/<image_hash>/content")
+@needs(READ)
 def image_content(image_hash: str) -> Response:
     images = services().images
     checked_hash(image_hash)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from facerec import faces, metrics
-from facerec.errors import InvalidImage
+from facerec.errors import BrokerUnavailable, ImageStoreUnavailable, InvalidImage, RedisUnavailable
 from facerec.fetch import check_url
 from facerec.messages import MAX_NAME_LENGTH, OUTCOME_HEADER, ImageMessage
+from rest.access import FULL, needs
 from rest.errors import ApiError
 from rest.services import services
 
@@ -34,27 +36,36 @@ def answer(image_hash: str, outcome: str) -> Response:
 
 
 def queue_image(data: bytes, name: str, kind: str) -> Response:
+    """Record, store and publish one image, in that order: every write to Redis comes
+    before the publish, so an error answer means nothing was queued (what was written is
+    undone), and a success means the broker has confirmed the message."""
     s = services()
-    msg = ImageMessage.for_image(data, name, kind)
+    msg = ImageMessage.for_image(data, name, kind).with_ticket()
+    url = name if kind == "url" else ""
     g.detail = f"hash {msg.image_hash}, {len(data)} bytes"
-    if s.store.add_name_if_processed(msg.image_hash, name):
+    if s.store.prepare(msg.image_hash, name, msg.ticket, url):
         g.detail += ", already processed: name added"
         metrics.SCANS_ACCEPTED.labels(kind, "duplicate").inc()
         return answer(msg.image_hash, "duplicate")
-    if not s.images.inline:
-        # Claim check: the object exists before the message that names it.
-        uploaded = s.images.put(msg.image_hash, data)
-        metrics.STORE_UPLOADS.labels("uploaded" if uploaded else "existed").inc()
-        g.detail += ", uploaded" if uploaded else ", already in the store"
-        msg = msg.stored_at(s.images.ref(msg.image_hash))
-    s.broker.publish_image(msg)
-    s.store.mark_queued(msg.image_hash, name)
+    try:
+        if not s.images.inline:
+            # Claim check: the object exists before the message that names it.
+            uploaded = s.images.put(msg.image_hash, data)
+            metrics.STORE_UPLOADS.labels("uploaded" if uploaded else "existed").inc()
+            g.detail += ", uploaded" if uploaded else ", already in the store"
+            msg = msg.stored_at(s.images.ref(msg.image_hash))
+        s.broker.publish_image(msg)
+    except (BrokerUnavailable, ImageStoreUnavailable) as exc:
+        with contextlib.suppress(RedisUnavailable):
+            s.store.release(msg.image_hash, name, msg.ticket, url, f"not queued: {exc}")
+        raise
     g.detail += ", queued"
     metrics.SCANS_ACCEPTED.labels(kind, "queued").inc()
     return answer(msg.image_hash, "queued")
 
 
 @bp.post("/scan/image/<path:filename>")
+@needs(FULL)
 def scan_image(filename: str) -> Response:
     if len(filename) > MAX_NAME_LENGTH:
         raise ApiError(400, f"file name longer than {MAX_NAME_LENGTH} characters")
@@ -66,6 +77,7 @@ def scan_image(filename: str) -> Response:
 
 
 @bp.post("/scan/url")
+@needs(FULL)
 def scan_url() -> Response:
     s = services()
     body: Any = request.get_json(silent=True)
@@ -73,7 +85,7 @@ def scan_url() -> Response:
     if not isinstance(url, str):
         raise ApiError(400, 'send JSON {"url": "http(s)://..."}')
     check_url(url)
-    known = s.store.hash_for_name(url)
+    known = s.store.hash_for_url(url)
     if known:
         g.detail = f"hash {known}: URL already scanned, not fetched again"
         metrics.SCANS_ACCEPTED.labels("url", "known_url").inc()

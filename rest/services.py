@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from facerec import credentials
 from facerec.broker import Broker
 from facerec.fetch import Fetcher
 from facerec.imagestore import ImageStore, open_store
@@ -24,13 +25,15 @@ class Services:
     fetcher: Fetcher
     broker: Broker  # one connection per process, thread-safe (its own I/O thread)
     log: logging.Logger
+    credentials: tuple[credentials.Credential, ...]
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
         return cls(settings, Store(settings), open_store(settings),
                    Fetcher(settings.max_upload_bytes, settings.fetch_timeout,
                            settings.fetch_max_redirects, settings.fetch_allow_networks),
-                   Broker(settings, name="facerec-rest"), logging.getLogger("facerec.rest"))
+                   Broker(settings, name="facerec-rest"), logging.getLogger("facerec.rest"),
+                   credentials.parse(settings.api_keys, settings.api_token))
 
     def close(self) -> None:
         self.broker.close()

@@ -28,12 +28,16 @@ def test_the_served_openapi_document_is_valid_openapi_3(env: Env) -> None:
     doc = http("GET", f"{rest}/openapi.json").body
     validate(doc)
     assert set(doc["paths"]) >= {"/scan/image/{filename}", "/scan/url", "/match/{image_hash}",
-                                 "/image/{image_hash}", "/", "/healthz", "/readyz", "/metrics"}
+                                 "/image/{image_hash}", "/", "/healthz", "/readyz", "/metrics",
+                                 "/name/{name}"}
+    assert doc["paths"]["/image/{image_hash}"]["delete"]["x-facerec-scope"] == "full"
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
         env: Env, tmp_path: Path) -> None:
-    rest = env.start_rest()
+    # With credentials configured, as a deployment has them: the full one is sent.
+    rest = env.start_rest(API_KEYS="contract:full:contract-secret,r:read:read-secret-1")
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert exe, "schemathesis is not installed (requirements/test.txt)"
     config = Path(__file__).with_name("schemathesis.toml")
@@ -42,7 +46,8 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
             [exe, "--config-file", str(config), "run", f"{rest}/openapi.json", "--checks", "all",
              "--max-examples", "40",
              "--seed", "1", "--phases", "examples,coverage,fuzzing", "--warnings", "off",
-             "--report-dir", str(tmp_path), *args],
+             "--report-dir", str(tmp_path), "--header",
+             "Authorization: Bearer contract-secret", *args],
             capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{name}:\n{result.stdout[-6000:]}\n{result.stderr}"
         assert "No issues found" in result.stdout, result.stdout[-3000:]

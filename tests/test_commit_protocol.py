@@ -108,3 +108,80 @@ def test_any_interleaving_of_workers_gives_the_brute_force_match_sets(
     assert got == brute_force_pairs({h: f.encodings for h, f in images.items()})
     for h, others in redis_server.dump(HASH_TO_MATCHES).items():
         assert h.encode() not in others
+
+
+# -- erasure ---------------------------------------------------------------------------------
+
+def test_a_commit_racing_an_erasure_is_retried_and_never_points_at_the_erased_image(
+        settings: Settings, redis_server: RedisServer) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(11)
+    person = identities(rng, 1)
+    first, second = processors(settings, 2)
+    first.commit_faces("a" * 64, "a.jpg", image_faces(rng, person, [0]))
+    second.sync()  # second's index holds a…
+    assert Store(settings).erase_image("a" * 64) is not None  # …which is then erased
+    out = second.commit_faces("b" * 64, "b.jpg", image_faces(rng, person, [0]))
+    assert (out.status, out.retries, out.matches) == ("processed", 1, {})
+    assert redis_server.dump(HASH_TO_MATCHES) == {}
+    assert second.index.live_faces == 1  # a's face forgotten without a reload
+    # The first worker learns of the erasure at its next commit, the same way.
+    out = first.commit_faces("c" * 64, "c.jpg", image_faces(rng, person, [0]))
+    assert set(out.matches) == {"b" * 64}
+    assert first.index.live_faces == 2
+
+
+def test_an_image_erased_while_it_is_processed_writes_nothing(
+        settings: Settings, redis_server: RedisServer) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(12)
+    store = Store(settings)
+    (worker,) = processors(settings, 1)
+    ticket = "1" * 32
+    assert not store.prepare("d" * 64, "d.jpg", ticket)  # rest queued it
+    assert store.erase_image("d" * 64) is not None  # erased while a worker has it
+    out = worker.commit_faces("d" * 64, "d.jpg", image_faces(rng, identities(rng, 1), [0]),
+                              ticket=ticket)
+    assert out.status == "erased"
+    assert all(redis_server.dump(db) == {} for db in (NAME_TO_HASH, HASH_TO_NAMES,
+                                                      HASH_TO_ENCODINGS, HASH_TO_MATCHES))
+    assert worker.index.live_faces == 0
+
+
+@hsettings(max_examples=25, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), n_workers=st.integers(1, 4),
+       n_images=st.integers(2, 12), data=st.data())
+def test_any_interleaving_of_commits_and_erasures_gives_the_brute_force_match_sets(
+        settings: Settings, redis_server: RedisServer, seed: int, n_workers: int,
+        n_images: int, data: st.DataObject) -> None:
+    redis_server.flush()
+    rng = np.random.default_rng(seed)
+    centres = identities(rng, 3)
+    images = {f"{i:064x}": image_faces(rng, centres, list(rng.integers(0, 3, rng.integers(0, 3))))
+              for i in range(n_images)}
+    store = Store(settings)
+    workers = processors(settings, n_workers)
+    committed: list[str] = []
+    erased: set[str] = set()
+    # Each step commits the next image on a worker hypothesis chooses, or erases an image
+    # committed earlier; workers' indexes lag behind until their own commits find out.
+    for h in data.draw(st.permutations(sorted(images))):
+        while committed and data.draw(st.booleans()):
+            victim = data.draw(st.sampled_from(committed))
+            committed.remove(victim)
+            erased.add(victim)
+            assert store.erase_image(victim) is not None
+        workers[data.draw(st.integers(0, n_workers - 1))].commit_faces(h, f"{h}.jpg", images[h])
+        committed.append(h)
+    alive = {h: f.encodings for h, f in images.items() if h not in erased}
+    db4 = redis_server.dump(HASH_TO_MATCHES)
+    assert pairs_of(db4) == brute_force_pairs(alive)
+    for h, others in db4.items():
+        assert h.encode() not in others and h not in erased
+        assert not {o.decode() for o in others} & erased  # type: ignore[attr-defined]
+    for db in (NAME_TO_HASH, HASH_TO_NAMES, HASH_TO_ENCODINGS):
+        assert not set(redis_server.dump(db)) & ({f"{h}.jpg" for h in erased} | erased)
+    # A worker that starts now holds exactly the faces of the images left.
+    (fresh,) = processors(settings, 1)
+    assert fresh.index.live_faces == sum(len(f) for f in alive.values())

@@ -192,3 +192,12 @@ def test_scan_routes_require_the_token_when_one_is_set(
     assert app.post("/scan/image/a.jpg", data=OBAMA, headers=good).status_code == 200
     assert app.get("/healthz").status_code == 200
     assert env.queue_depth() == 1
+
+
+def test_invented_http_methods_never_become_metric_labels(app: FlaskClient) -> None:
+    for i in range(5):
+        assert app.open("/healthz", method=f"BREW{i}").status_code == 405
+    text = app.get("/metrics").get_data(as_text=True)
+    assert "BREW" not in text
+    # (The registry is the process's: other tests' requests are counted in it too.)
+    assert 'facerec_http_request_seconds_count{method="other",route="unmatched"}' in text

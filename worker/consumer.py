@@ -65,7 +65,7 @@ class ImageHandler:
 
     def _mark_failed(self, msg: ImageMessage, reason: str) -> None:
         self.processor.with_retry("mark failed", lambda: self.processor.store.mark_failed(
-            msg.image_hash, msg.name, reason))
+            msg.image_hash, msg.name, reason, msg.ticket))
 
     @staticmethod
     def _counted(verdict: Verdict) -> Verdict:

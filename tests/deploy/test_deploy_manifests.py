@@ -396,6 +396,7 @@ def test_every_secret_reference_resolves_where_secrets_are_shipped(rendered: Ren
         ("facerec-rabbitmq", "username"),
         ("facerec-rabbitmq", "password"),
         ("facerec-api", "token"),
+        ("facerec-api", "keys"),
     }, "README.md (Deploying on Kubernetes) lists the Secrets to create: keep it in step"
     if rendered.name == "cloud":
         assert not rendered.of_kind("Secret"), "the cloud overlay must not ship credentials"
