@@ -8,7 +8,7 @@ face log). At each size:
   before consuming), timed, with its resident memory;
   (with redis-py's pure-Python reply parser, and with hiredis when it is installed);
 - match one face: `FaceIndex.search` as the worker runs it (one BLAS thread, one core),
-  and with BLAS allowed 2 threads; checked against a float64 brute force over every stored
+  checked against a float64 brute force over every stored
   face; at the largest size, a bare float32 matrix-vector product over the same matrix
   (the memory-bandwidth floor of any exact scan);
 - commit one image: `Processor.commit_faces` (match + the Lua commit script);
@@ -30,17 +30,23 @@ from pathlib import Path
 if "--no-hiredis" in sys.argv:  # start-up child: before redis-py picks its reply parser
     sys.modules["hiredis"] = None  # type: ignore[assignment]
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Section, log, percentile, rss_mib, services, verdict  # noqa: E402
-from facerec.faces import Faces  # noqa: E402
-from facerec.matcher import FaceIndex, exact_distances  # noqa: E402
-from facerec.pipeline import Processor  # noqa: E402
-from facerec.settings import Settings  # noqa: E402
-from facerec.store import (FACE_LOG, FACE_LOG_EPOCH, HASH_TO_ENCODINGS, META,  # noqa: E402
-                           Store, encodings_from_bytes)
+from bench.common import ROOT, Section, log, percentile, rss_mib, services, verdict
+from facerec.faces import Faces
+from facerec.matcher import FaceIndex, exact_distances
+from facerec.pipeline import Processor
+from facerec.settings import Settings
+from facerec.store import (
+    FACE_LOG,
+    FACE_LOG_EPOCH,
+    HASH_TO_ENCODINGS,
+    META,
+    Store,
+    encodings_from_bytes,
+)
 
 TOL = 0.6
 IDENTITIES = 250_000
@@ -136,7 +142,7 @@ def lab_baseline(settings: Settings, face: np.ndarray) -> set[str]:
 def startup_child(port: int, hiredis: bool) -> None:
     """In a fresh process: load the face log like a starting worker; print JSON."""
     import redis.utils
-    assert redis.utils.HIREDIS_AVAILABLE == hiredis, "hiredis not (un)available as asked"
+    assert hiredis == redis.utils.HIREDIS_AVAILABLE, "hiredis not (un)available as asked"
     settings = Settings.from_env({}, redis_port=port)
     processor = Processor(settings, Store(settings))
     before, _ = rss_mib()
@@ -164,27 +170,15 @@ def hiredis_installed() -> bool:
     return True
 
 
-def time_search(index: FaceIndex, queries: list[np.ndarray], threads: int = 1
+def time_search(index: FaceIndex, queries: list[np.ndarray]
                 ) -> list[float]:
-    """Search times as the matcher runs (one BLAS thread), or with more BLAS threads."""
-    import contextlib
-
-    from threadpoolctl import threadpool_limits
-
-    from facerec import matcher
+    """Search times as the matcher runs (one thread: the int8 scan does not use BLAS)."""
     times = []
-    limit = matcher._one_blas_thread
-    if threads > 1:  # what the scan would cost if BLAS spread it over more cores
-        matcher._one_blas_thread = contextlib.nullcontext  # type: ignore[assignment]
-    try:
-        with threadpool_limits(threads, user_api="blas"):
-            index.search(queries[0], TOL)  # warm-up
-            for q in queries:
-                start = time.perf_counter()
-                index.search(q, TOL)
-                times.append(time.perf_counter() - start)
-    finally:
-        matcher._one_blas_thread = limit  # type: ignore[assignment]
+    index.search(queries[0], TOL)  # warm-up
+    for q in queries:
+        start = time.perf_counter()
+        index.search(q, TOL)
+        times.append(time.perf_counter() - start)
     return times
 
 
@@ -217,7 +211,7 @@ def approximate_option(index: FaceIndex, synth: Synthetic, queries: list[np.ndar
     for nprobe in (4, 16, 64):
         ivf.nprobe = nprobe
         times, found, want = [], 0, 0
-        for q, exact in zip(queries, exact_sets):
+        for q, exact in zip(queries, exact_sets, strict=True):
             qf = q.astype(np.float32)
             start = time.perf_counter()
             _, _, ids = ivf.range_search(qf, TOL * TOL)
@@ -242,7 +236,7 @@ def run(quick: bool = False) -> Section:
                       + (" --quick" if quick else ""))
     synth = Synthetic(max(sizes))
     with_hiredis = hiredis_installed()
-    rows, base_rows, plot = [], [], {"project": [], "project_default_threads": [],
+    rows, base_rows, plot = [], [], {"project": [],
                                      "baseline": []}
     exact_ok_all = True
     floor_note = ""
@@ -259,8 +253,7 @@ def run(quick: bool = False) -> Section:
             processor.load_index()
             index = processor.index
             queries = [synth.query() for _ in range(n_queries)]
-            one = time_search(index, queries, 1)
-            dflt = time_search(index, queries, 2)
+            one = time_search(index, queries)
             checks = queries[:5]
             exact_ok = sum(set(index.search(q, TOL)) == brute_force(synth, extra, q)
                            for q in checks)
@@ -277,7 +270,6 @@ def run(quick: bool = False) -> Section:
             target = TARGET_MS.get(size)
             st_target = STARTUP_TARGET_S.get(size)
             rows.append([f"{size:,}", f"{p50:.2f}", f"{percentile(one, 90) * 1e3:.2f}",
-                         f"{percentile(dflt, 50) * 1e3:.2f}",
                          f"{percentile(commits, 50) * 1e3:.2f}",
                          f"{exact_ok}/{len(checks)}",
                          f"≤ {target:g} ms: {verdict(p50 <= target)}" if target else "–",
@@ -289,7 +281,6 @@ def run(quick: bool = False) -> Section:
                          f"{st['index_mib']:.0f}",
                          f"{st['rss_after'] - st['rss_before']:.0f} / {st['rss_peak']:.0f}"])
             plot["project"].append((size, p50))
-            plot["project_default_threads"].append((size, percentile(dflt, 50) * 1e3))
             if size in BASELINE_SIZES and (not quick or size <= 1_000):
                 n_base = 5 if size <= 1_000 else 3
                 times = []
@@ -328,7 +319,7 @@ def run(quick: bool = False) -> Section:
             log(f"match scaling: {size:,}: {p50:.2f} ms/face, start-up {st['seconds']:.2f}s"
                 + (f" ({st_h['seconds']:.2f}s with hiredis)" if st_h else ""))
     header = ["stored faces", "match 1 face p50 ms (1 core)", "p90 ms (1 core)",
-              "p50 ms if BLAS used 2 threads", "commit 1 image p50 ms (match + Lua)",
+              "commit 1 image p50 ms (match + Lua)",
               "= brute force", "target (match)", "worker start-up s (load index)",
               "start-up s with hiredis", "target (start-up)", "index MiB",
               "worker RSS growth / peak MiB"]
@@ -353,12 +344,11 @@ def plot_png(data: dict[str, object], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     styles = {"project": ("facerec in-memory index (1 thread)", "o-"),
-              "project_default_threads": ("facerec if BLAS used 2 threads", "s--"),
               "baseline": ("lab baseline (GET each image from Redis)", "^-")}
     for key, (label, style) in styles.items():
         pts = data.get(key) or []
         if pts:
-            xs, ys = zip(*pts)  # type: ignore[arg-type]
+            xs, ys = zip(*pts, strict=True)  # type: ignore[arg-type]
             ax.plot(xs, ys, style, label=label)
     for size, target in TARGET_MS.items():
         ax.plot([size], [target], "rx", markersize=9)
