@@ -57,8 +57,18 @@ class Client:
     def scan_url(self, url: str) -> Scanned:
         return self._scanned(self._request("POST", "/scan/url", json={"url": url}))
 
-    def match(self, image_hash: str) -> list[str]:
-        return list(self._request("GET", f"/match/{image_hash}").json())
+    def match(self, image_hash: str, tolerance: float | None = None) -> list[str]:
+        params = {} if tolerance is None else {"tolerance": repr(tolerance)}
+        return list(self._request("GET", f"/match/{image_hash}", params=params).json())
+
+    def search(self, data: bytes, tolerance: float | None = None, limit: int | None = None
+               ) -> dict[str, Any]:
+        params: dict[str, str] = {}
+        if tolerance is not None:
+            params["tolerance"] = repr(tolerance)
+        if limit is not None:
+            params["limit"] = str(limit)
+        return dict(self._request("POST", "/search", content=data, params=params).json())
 
     def image(self, image_hash: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/image/{image_hash}").json())

@@ -1,7 +1,8 @@
 """facerec: scan photos, ask for matches, follow the logs.
 
     facerec scan PATH|URL ... [--from-file LIST] [-j N] [--wait]
-    facerec match HASH|FILE [-v]
+    facerec match HASH|FILE [-v] [--tolerance T]
+    facerec search FILE [--tolerance T] [--limit N]
     facerec status HASH
     facerec delete HASH|FILE | --name NAME
     facerec logs [PATTERN]
@@ -223,12 +224,14 @@ def resolve_hash(target: str) -> str:
 @cli.command()
 @click.argument("target")
 @click.option("-v", "--verbose", is_flag=True, help="also print hashes and distances")
+@click.option("--tolerance", type=float, default=None,
+              help="only matches at most this far (at most the service's MATCH_TOLERANCE)")
 @click.pass_obj
-def match(ctx: Ctx, target: str, verbose: bool) -> None:
+def match(ctx: Ctx, target: str, verbose: bool, tolerance: float | None) -> None:
     """Names of the images with a face matching HASH (or FILE, hashed locally)."""
     image_hash = resolve_hash(target)
     if not verbose:
-        names = ctx.client.match(image_hash)
+        names = ctx.client.match(image_hash, tolerance)
         if ctx.as_json:
             out.print_json(json.dumps(names))
         else:
@@ -241,12 +244,20 @@ def match(ctx: Ctx, target: str, verbose: bool) -> None:
         if "HTTP 404" in str(exc):
             raise ClientError(f"{image_hash} was never scanned") from None
         raise
+    matches = [m for m in by_distance(view["matches"])
+               if tolerance is None or (m["distance"] is not None and m["distance"] <= tolerance)]
     if ctx.as_json:
-        out.print_json(json.dumps(view["matches"]))
+        out.print_json(json.dumps(matches))
         return
-    for m in view["matches"]:
+    for m in matches:
         distance = "?" if m["distance"] is None else f"{m['distance']:.3f}"
         out.print(f"{m['hash']}  {distance}  {', '.join(m['names'])}", highlight=False)
+
+
+def by_distance(matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nearest first (a match recorded without a distance last)."""
+    return sorted(matches, key=lambda m: (m["distance"] is None, m["distance"] or 0.0,
+                                          m["hash"]))
 
 
 @cli.command()
@@ -267,10 +278,33 @@ def status(ctx: Ctx, image_hash: str) -> None:
         out.print(f"  top {f['top']}, right {f['right']}, bottom {f['bottom']}, "
                   f"left {f['left']}", highlight=False)
     out.print(f"matches: {len(view['matches'])}", highlight=False)
-    for m in view["matches"]:
+    for m in by_distance(view["matches"]):
         distance = "?" if m["distance"] is None else f"{m['distance']:.3f}"
         out.print(f"  {distance}  {', '.join(m['names'])}  ({m['hash'][:12]}…)",
                   highlight=False)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tolerance", type=float, default=None,
+              help="match distance, in (0, 1] (default: the service's MATCH_TOLERANCE)")
+@click.option("--limit", type=int, default=None, help="matches per face at most")
+@click.pass_obj
+def search(ctx: Ctx, file: Path, tolerance: float | None, limit: int | None) -> None:
+    """Who is in FILE? Its faces and, for each, the matching images; nothing is stored."""
+    answer = ctx.client.search(file.read_bytes(), tolerance, limit)
+    if ctx.as_json:
+        out.print_json(json.dumps(answer))
+        return
+    if not answer["faces"]:
+        out.print("no face found", highlight=False)
+    for n, face in enumerate(answer["faces"], 1):
+        top, right, bottom, left = face["box"]
+        out.print(f"face {n} (top {top}, right {right}, bottom {bottom}, left {left}): "
+                  f"{len(face['matches'])} match(es)", highlight=False)
+        for m in face["matches"]:
+            out.print(f"  {m['distance']:.3f}  {', '.join(m['names']) or '-'}  "
+                      f"({m['hash'][:12]}…)", highlight=False, markup=False)
 
 
 @cli.command()

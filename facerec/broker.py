@@ -24,6 +24,7 @@ import functools
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -36,7 +37,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from facerec.errors import BrokerUnavailable
+from facerec.errors import BrokerUnavailable, SearchUnavailable
 from facerec.messages import CONTENT_TYPE, ImageMessage
 from facerec.retry import Backoff, Verdict, retry
 from facerec.settings import DELIVERY_CEILING, Settings
@@ -47,6 +48,12 @@ WORK_EXCHANGE = "toWorker"
 LOG_EXCHANGE = "logs"
 IMAGE_QUEUE = "toWorker.images"
 IMAGE_ROUTING_KEY = "image"
+# Searches (ask without storing): a queue of their own, so a search never waits behind a
+# backlog of scans; requests are transient and expire, answers go to RabbitMQ's direct
+# reply-to pseudo-queue of the asking connection.
+SEARCH_QUEUE = "toWorker.search"
+SEARCH_ROUTING_KEY = "search"
+REPLY_TO = "amq.rabbitmq.reply-to"
 DEAD_EXCHANGE = "toWorker.dead"
 DEAD_QUEUE = "toWorker.images.dead"
 DEAD_ROUTING_KEY = "dead"
@@ -88,6 +95,9 @@ def declare_topology(channel: BlockingChannel) -> None:
         "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
     })
     channel.queue_bind(IMAGE_QUEUE, WORK_EXCHANGE, routing_key=IMAGE_ROUTING_KEY)
+    channel.queue_declare(SEARCH_QUEUE, durable=False, arguments={
+        "x-queue-type": "classic", "x-message-ttl": 60_000})
+    channel.queue_bind(SEARCH_QUEUE, WORK_EXCHANGE, routing_key=SEARCH_ROUTING_KEY)
 
 
 def connect(settings: Settings, name: str = "facerec"
@@ -157,6 +167,17 @@ class Delivery:
     content_type: str | None
     body: bytes
     attempt: int  # 1 for the first delivery (see delivery_attempt)
+    reply_to: str | None = None  # where a request's answer goes (searches)
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A request's answer (facerec.broker.Consumer publishes it to the asker)."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -192,6 +213,8 @@ class Broker:
         self._backoff = Backoff(first=0.5, maximum=30.0)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._replies: dict[str, Future[Reply]] = {}  # correlation id -> the asker's future
+        self._replies_on: BlockingChannel | None = None  # channel consuming REPLY_TO
         self._closed = False
         self.dropped = 0
         # Heartbeats are answered when the thread looks at the socket: more often than the
@@ -242,6 +265,46 @@ class Broker:
         except queue.Full:
             self.dropped += 1
             return False
+
+    def request(self, routing_key: str, body: bytes, headers: Mapping[str, Any],
+                timeout: float, content_type: str = CONTENT_TYPE) -> Reply:
+        """Ask the consumers of a request queue and wait for the answer (RPC).
+
+        SearchUnavailable at once when no consumer is there, or when none answered within
+        `timeout`; the request expires in the queue after `timeout`, so a late worker
+        never does the work for nobody.
+        """
+        correlation = uuid.uuid4().hex
+        answer: Future[Reply] = Future()
+        props = pika.BasicProperties(content_type=content_type, delivery_mode=1,
+                                     headers=dict(headers), reply_to=REPLY_TO,
+                                     correlation_id=correlation,
+                                     expiration=str(max(1, int(timeout * 1000))))
+
+        def send(ch: BlockingChannel) -> None:
+            declared = ch.queue_declare(SEARCH_QUEUE, passive=True)
+            if not declared.method.consumer_count:
+                raise SearchUnavailable("no worker is serving searches right now")
+            if self._replies_on is not ch:
+                ch.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
+                self._replies_on = ch
+            self._replies[correlation] = answer
+            _publish(ch, WORK_EXCHANGE, routing_key, body, props)
+        started = time.monotonic()
+        try:
+            self.call(send, timeout=timeout)
+            return answer.result(max(0.0, timeout - (time.monotonic() - started)))
+        except FutureTimeout:
+            raise SearchUnavailable(f"no worker answered within {timeout:g}s") from None
+        finally:
+            self._replies.pop(correlation, None)
+
+    def _on_reply(self, _ch: BlockingChannel, _method: pika.spec.Basic.Deliver,
+                  props: pika.BasicProperties, body: bytes) -> None:
+        answer = self._replies.pop(props.correlation_id or "", None)
+        if answer is not None and not answer.done():
+            answer.set_result(Reply(body, props.headers or {},
+                                    props.content_type or "application/json"))
 
     def queue_depth(self, name: str = IMAGE_QUEUE) -> int:
         """Messages ready in a queue (unacknowledged ones are not counted)."""
@@ -339,12 +402,18 @@ class Broker:
 
     def _reset(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        self._replies_on = None
+        for answer in list(self._replies.values()):
+            if not answer.done():
+                answer.set_exception(SearchUnavailable("the RabbitMQ connection was lost"))
+        self._replies.clear()
         _close_quietly(connection)
 
     def _run(self) -> None:
         while True:
             try:
-                item = self._calls.get(timeout=self._idle)
+                # While answers are awaited, look at the socket often: they arrive there.
+                item = self._calls.get(timeout=0.005 if self._replies else self._idle)
             except queue.Empty:
                 self._keep_alive()
                 continue
@@ -389,6 +458,7 @@ class Broker:
 
 
 Handler = Callable[[Delivery], Verdict]
+Responder = Callable[[Delivery], Reply]
 
 
 class Consumer:
@@ -398,11 +468,16 @@ class Consumer:
     publish to the dead-letter exchange with the reason, then ack). A lost connection is
     re-opened with backoff; a delivery whose handler finishes after its connection was
     lost is redelivered by RabbitMQ (the handler must be idempotent: the commit is).
+
+    With `respond`, the search queue is consumed too, on a channel and a thread of its
+    own (so a search never waits for the image in hand): each request's Reply is sent to
+    its asker, then the request is acknowledged.
     """
 
     def __init__(self, settings: Settings, handle: Handler, *, stopping: threading.Event,
                  tick: Callable[[], None], on_error: Callable[[BaseException, float], None],
-                 on_consume: Callable[[], None], queue_name: str = IMAGE_QUEUE) -> None:
+                 on_consume: Callable[[], None], queue_name: str = IMAGE_QUEUE,
+                 respond: Responder | None = None) -> None:
         self._settings = settings
         self._handle = handle
         self._stopping = stopping
@@ -411,6 +486,8 @@ class Consumer:
         self._on_consume = on_consume
         self._queue = queue_name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery")
+        self._respond = respond
+        self._requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         self._busy = 0
 
     def run(self) -> None:
@@ -425,6 +502,7 @@ class Consumer:
             pass  # stopped while RabbitMQ was away: unsettled deliveries are redelivered
         finally:
             self._executor.shutdown(wait=True)
+            self._requests.shutdown(wait=True, cancel_futures=True)
 
     def _session(self) -> None:
         # The image thread may still finish a delivery of a lost connection; its settlement
@@ -435,12 +513,20 @@ class Consumer:
             channel.basic_qos(prefetch_count=self._settings.prefetch)
             tag: str | None = channel.basic_consume(
                 self._queue, partial(self._on_message, connection))
+            requests: BlockingChannel | None = None
+            if self._respond is not None:
+                requests = connection.channel()
+                requests.basic_qos(prefetch_count=1)
+                requests.basic_consume(SEARCH_QUEUE, partial(self._on_request, connection))
             self._on_consume()
             while not self._stopping.is_set() or self._busy:
                 self._tick()
                 if self._stopping.is_set() and tag is not None:
                     channel.basic_cancel(tag)
                     tag = None
+                    if requests is not None:
+                        requests.close()  # unanswered requests go to another worker
+                        requests = None
                 connection.process_data_events(time_limit=1)
         finally:
             _close_quietly(connection)
@@ -454,6 +540,32 @@ class Consumer:
         future = self._executor.submit(self._handle, delivery)
         future.add_done_callback(lambda f: connection.add_callback_threadsafe(
             partial(self._settle, channel, method.delivery_tag, delivery, f)))
+
+    def _on_request(self, connection: pika.BlockingConnection, channel: BlockingChannel,
+                    method: pika.spec.Basic.Deliver, props: pika.BasicProperties,
+                    body: bytes) -> None:
+        assert self._respond is not None
+        delivery = Delivery(props.headers, props.content_type, body,
+                            delivery_attempt(props.headers), props.reply_to,
+                            props.correlation_id)
+        future = self._requests.submit(self._respond, delivery)
+        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
+            partial(self._answer, channel, method.delivery_tag, delivery, f)))
+
+    def _answer(self, channel: BlockingChannel, tag: int, delivery: Delivery,
+                future: Future[Reply]) -> None:
+        if not channel.is_open:
+            return
+        try:
+            reply = future.result()
+        except Exception as exc:  # noqa: BLE001 - the asker gets an answer, not a timeout
+            reply = Reply(b'{"error": "the worker failed on this request"}',
+                          {"status": "error", "detail": repr(exc)[:500]})
+        if delivery.reply_to:
+            channel.basic_publish("", delivery.reply_to, reply.body, pika.BasicProperties(
+                content_type=reply.content_type, correlation_id=delivery.correlation_id,
+                headers=dict(reply.headers)))
+        channel.basic_ack(tag)
 
     def _settle(self, channel: BlockingChannel, tag: int, delivery: Delivery,
                 future: Future[Verdict]) -> None:

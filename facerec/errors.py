@@ -48,3 +48,7 @@ class RedisUnavailable(TransientError):
 
 class ImageStoreUnavailable(TransientError):
     """The image store (IMAGE_STORE) could not be reached or refused the operation."""
+
+
+class SearchUnavailable(TransientError):
+    """No worker is serving searches, or none answered in time."""

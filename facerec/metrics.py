@@ -43,6 +43,12 @@ PROCESSING_SECONDS = Histogram("facerec_processing_seconds",
                                buckets=(.1, .25, .5, 1, 2, 4, 8, 16, 32, 64))
 MATCH_SECONDS = Histogram("facerec_match_seconds", "Index search per image (all its faces)",
                           buckets=(.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1))
+SEARCHES = Counter("facerec_searches_total", "Searches (ask without storing), by outcome",
+                   ["outcome"])
+SEARCH_SECONDS = Histogram("facerec_search_seconds",
+                           "POST /search as rest sees it: validation, the worker's detection "
+                           "and matching, names", buckets=(.01, .025, .05, .1, .25, .5, 1, 2,
+                                                           4, 8, 16))
 COMMIT_RETRIES = Counter("facerec_commit_retries_total",
                          "Commits retried because another worker committed first")
 REDELIVERIES = Counter("facerec_redeliveries_total",

@@ -64,6 +64,10 @@ class Processor:
         self.images = images or InlineStore()
         self.index = FaceIndex()
         self.erased = 0  # erasures of the face log applied to the index
+        # The index is read by searches on another thread while the image thread commits:
+        # every use of it holds this lock (a commit holds it for its Redis round trips only,
+        # never during decoding or detection).
+        self.index_lock = threading.RLock()
         self.log = log or logging.getLogger("facerec.worker")
         self.stop = stop or threading.Event()
         self.hook = hook
@@ -162,8 +166,25 @@ class Processor:
             self.with_retry("image delete", lambda: self.images.delete(image_hash))
             self.log.debug("image %s: deleted from the store", image_hash)
 
+    def search(self, found: face_ops.Faces, tolerance: float, limit: int | None
+               ) -> list[list[Match]]:
+        """For each face, the stored images with a face within `tolerance` of it, nearest
+        first (at most `limit`): against everything committed now, nothing written."""
+        with self.index_lock:
+            self.sync()
+            with metrics.MATCH_SECONDS.time():
+                per_face = [self.index.search(face[None, :], tolerance)
+                            for face in found.encodings]
+        return [sorted(matches.values(), key=lambda m: (m.distance, m.image_hash))[:limit]
+                for matches in per_face]
+
     def commit_faces(self, h: str, name: str, found: face_ops.Faces,
                      start: float | None = None, ticket: str = "") -> Outcome:
+        with self.index_lock:
+            return self._commit_faces(h, name, found, start, ticket)
+
+    def _commit_faces(self, h: str, name: str, found: face_ops.Faces,
+                      start: float | None, ticket: str) -> Outcome:
         """Match found faces against the index and commit, retrying on a stale version.
 
         Optimistic: the index is brought up to date only when the commit script says

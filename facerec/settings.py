@@ -42,6 +42,8 @@ class Settings:
     web_threads: int = 8
 
     match_tolerance: float = 0.6
+    # The longest a search (POST /search) may wait for a worker's answer, in seconds.
+    search_timeout: float = 10.0
     detection_model: str = "hog"
     # Faces are detected on a copy whose longer side is at most this many pixels (0: full
     # resolution); encodings are computed on the full image. See README for the evidence.
@@ -103,6 +105,8 @@ class Settings:
             raise ValueError(f"DETECTION_MODEL must be hog or cnn, not {self.detection_model!r}")
         if not 0 < self.match_tolerance < 2:
             raise ValueError("MATCH_TOLERANCE must be in (0, 2)")
+        if not 0 < self.search_timeout <= 600:
+            raise ValueError("SEARCH_TIMEOUT must be in (0, 600] seconds")
         if not 1 <= self.max_deliveries <= DELIVERY_CEILING:
             raise ValueError(f"MAX_DELIVERIES must be in 1..{DELIVERY_CEILING}")
         if self.prefetch < 1:

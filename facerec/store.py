@@ -437,7 +437,8 @@ class Store:
         match_list = list(matches)
         pairs: list[bytes | str | int | float] = []
         for m in match_list:
-            pairs += [m.image_hash, f"{m.distance:.6f}"]
+            # The exact float (repr round-trips): /match?tolerance compares with it.
+            pairs += [m.image_hash, repr(float(m.distance))]
         status, new_version = self._commit(args=_args(
             image_hash, ticket, names, state.epoch, state.length, state.erased,
             encodings_to_bytes(encodings), json.dumps(boxes), _now(), len(match_list),
@@ -561,9 +562,14 @@ class Store:
         return [set(s) for s in pipe.execute()]
 
     @_translated
-    def matching_names(self, image_hash: str) -> list[str]:
-        """Names of the other images with a face matching one of this image's faces."""
-        others = sorted(cast(set[str], self._db[HASH_TO_MATCHES].smembers(image_hash)))
+    def matching_names(self, image_hash: str, tolerance: float | None = None) -> list[str]:
+        """Names of the other images with a face matching one of this image's faces; with
+        `tolerance`, only those whose best face distance is at most that."""
+        if tolerance is None:
+            others = sorted(cast(set[str], self._db[HASH_TO_MATCHES].smembers(image_hash)))
+        else:
+            distances = cast(dict[str, str], self._db[META].hgetall(distances_key(image_hash)))
+            others = sorted(o for o, d in distances.items() if float(d) <= tolerance)
         return sorted(set().union(*self.names_of(others))) if others else []
 
     @_translated

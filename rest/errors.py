@@ -17,6 +17,7 @@ from facerec.errors import (
     InvalidImage,
     InvalidMessage,
     RedisUnavailable,
+    SearchUnavailable,
 )
 from rest.services import services
 
@@ -26,6 +27,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (InvalidImage, 400, "invalid_image"), (FetchError, 422, "fetch_failed"),
     (BrokerUnavailable, 503, "broker_unavailable"), (RedisUnavailable, 503, "redis_unavailable"),
     (ImageStoreUnavailable, 503, "store_unavailable"),
+    (SearchUnavailable, 503, "search_unavailable"),
 )
 _REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
             415: "unsupported_type", 422: "not_an_image"}

@@ -100,11 +100,16 @@ SPEC: dict[str, Any] = {
         "/match/{image_hash}": {"get": {
             **_READ,
             "summary": "Names of the other images with a face matching one in this image",
-            "parameters": [_HASH_PARAM],
+            "parameters": [_HASH_PARAM, {
+                "name": "tolerance", "in": "query", "required": False,
+                "description": "only images whose best face distance is at most this "
+                               "(at most MATCH_TOLERANCE; default: all recorded matches)",
+                "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0}}],
             "responses": {"200": {"description": "names; [] when unknown or without faces",
                                   "content": {"application/json": {"schema": {
                                       "type": "array", "items": {"type": "string"}}}}},
-                          "400": _error("not a SHA-256 hex digest"),
+                          "400": _error("not a SHA-256 hex digest, or a tolerance out of "
+                                        "range"),
                           **_URI_TOO_LONG, **_UNAUTHORIZED, "503": _error("Redis unavailable")}}},
         "/image/{image_hash}": {"get": {
             **_READ,
@@ -153,6 +158,30 @@ SPEC: dict[str, Any] = {
                           "404": _error("images are not stored, or not this one"),
                           **_URI_TOO_LONG, **_UNAUTHORIZED,
                           "503": _error("image store unavailable")}}},
+        "/search": {"post": {
+            **_READ,
+            "summary": "Who is in this photo? Each face found and the stored images with a "
+                       "matching face, nearest first; nothing is stored or queued",
+            "parameters": [
+                {"name": "tolerance", "in": "query", "required": False,
+                 "description": "match distance (default MATCH_TOLERANCE)",
+                 "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                            "maximum": 1}},
+                {"name": "limit", "in": "query", "required": False,
+                 "description": "matches per face at most",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                        "minLength": 1}},
+                "image/*": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
+            "responses": {"200": {"description": "the faces and their matches", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Search"}}}},
+                          "400": _error("empty body, not a decodable image, or a parameter "
+                                        "out of range"),
+                          "413": _error("larger than MAX_UPLOAD_BYTES"),
+                          **_UNAUTHORIZED,
+                          "503": _error("no worker is serving searches, or none answered "
+                                        "within SEARCH_TIMEOUT")}}},
         "/openapi.json": {"get": {**_OPEN, "summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3 document",
                     "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -164,6 +193,19 @@ SPEC: dict[str, Any] = {
                        "an operation needs). Without any credential configured, all is open."}},
                    "schemas": {
         "Erased": _ERASED,
+        "Search": {"type": "object", "required": ["faces"], "properties": {"faces": {
+            "type": "array", "items": {
+                "type": "object", "required": ["box", "matches"],
+                "properties": {
+                    "box": {"type": "array", "items": {"type": "integer"},
+                            "minItems": 4, "maxItems": 4,
+                            "description": "top, right, bottom, left"},
+                    "matches": {"type": "array", "items": {
+                        "type": "object", "required": ["hash", "names", "distance"],
+                        "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN},
+                                       "names": {"type": "array",
+                                                 "items": {"type": "string"}},
+                                       "distance": {"type": "number"}}}}}}}}},
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Hash": {"type": "object", "required": ["hash"],

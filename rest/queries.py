@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from facerec import faces
 from facerec.messages import HASH_DESCRIPTION, is_image_hash
@@ -22,7 +22,18 @@ def checked_hash(image_hash: str) -> str:
 @bp.get("/match/<image_hash>")
 @needs(READ)
 def match(image_hash: str) -> Response:
-    return jsonify(services().store.matching_names(checked_hash(image_hash)))
+    """The lab's route; ?tolerance=T (at most MATCH_TOLERANCE) keeps the closer matches."""
+    s = services()
+    tolerance = None
+    if "tolerance" in request.args:
+        try:
+            tolerance = float(request.args["tolerance"])
+        except ValueError:
+            raise ApiError(400, "tolerance must be a number") from None
+        if not 0 < tolerance <= s.settings.match_tolerance:
+            raise ApiError(400, f"tolerance must be in (0, {s.settings.match_tolerance}] "
+                                f"(MATCH_TOLERANCE: matches beyond it are not recorded)")
+    return jsonify(s.store.matching_names(checked_hash(image_hash), tolerance))
 
 
 @bp.get("/image/<image_hash>")

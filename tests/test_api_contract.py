@@ -13,10 +13,11 @@ from tests.services import Env, http
 
 RUNS = {
     # Every check, on every operation but the two that take a body needing real content.
-    "routes": ["--exclude-path", "/scan/url", "--exclude-path", "/scan/image/{filename}"],
+    "routes": ["--exclude-path", "/scan/url", "--exclude-path", "/scan/image/{filename}",
+               "--exclude-path", "/search"],
     # A schema cannot say "a decodable image": random bytes are schema-valid yet rightly
     # refused with 400, so only positive_data_acceptance is left out here.
-    "upload": ["--include-path", "/scan/image/{filename}",
+    "upload": ["--include-path", "/scan/image/{filename}", "--include-path", "/search",
                "--exclude-checks", "positive_data_acceptance"],
 }
 # /scan/url is not fuzzed: random URLs would make the service fetch from the internet.

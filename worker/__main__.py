@@ -44,6 +44,7 @@ def run(settings: Settings, files: list[Path] | None, hook: Hook | None) -> int:
     from facerec.store import Store
     from facerec.topiclog import setup_logging
     from worker.consumer import ImageHandler
+    from worker.search import SearchHandler
 
     log = setup_logging(settings, "worker")
     processor = Processor(settings, Store(settings), log, images=open_store(settings), hook=hook)
@@ -75,8 +76,10 @@ def run(settings: Settings, files: list[Path] | None, hook: Hook | None) -> int:
              tick=heartbeat.Beat(settings.worker_heartbeat_file),
              on_error=lambda exc, delay: log.info(
                  "RabbitMQ connection lost (%r); reconnecting in %.1fs", exc, delay),
-             on_consume=lambda: log.info("consuming images (prefetch %d, max deliveries %d)",
-                                         settings.prefetch, settings.max_deliveries)).run()
+             on_consume=lambda: log.info("consuming images (prefetch %d, max deliveries %d) "
+                                         "and searches", settings.prefetch,
+                                         settings.max_deliveries),
+             respond=SearchHandler(processor, log)).run()
     log.info("worker stopped")
     return 0
 
