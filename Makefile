@@ -7,7 +7,7 @@ PORT ?= 5000
 WORKERS ?= 2
 export PORT WORKERS PY
 
-.PHONY: help venv system-deps services up down demo test lint bench bench-quick clean
+.PHONY: help venv system-deps services up down demo test lint images test-containers bench bench-quick clean
 
 help:
 	@echo "make up      start Redis/RabbitMQ if needed, rest + $(WORKERS) workers + logs, demo scan"
@@ -48,6 +48,18 @@ test: venv services lint
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# Both images (facerec-rest:$(TAG), facerec-worker:$(TAG); TAG=dev by default, the dev
+# overlay's), on the pinned python base or, where no registry answers, a stand-in built
+# with debootstrap; starts a Docker engine (docker.io) if none answers, and leaves it running.
+images:
+	@scripts/docker-engine.sh start
+	@TAG=$(or $(TAG),dev) scripts/images.sh
+
+# The images built and run as the dev overlay runs them (tests/containers, ~5 minutes warm;
+# it starts an engine if none answers, and stops that one at the end).
+test-containers: venv services
+	$(PY) -m pytest tests/containers
 
 $(VENV)/.bench-installed: requirements/bench.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements/bench.txt

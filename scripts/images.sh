@@ -31,13 +31,8 @@ done
 mb() { echo "$(( ($1 + 500000) / 1000000 )) MB"; }
 layers() { "$DOCKER" image inspect -f '{{range .RootFS.Layers}}{{println .}}{{end}}' "$1"; }
 rest=facerec-rest:$TAG worker=facerec-worker:$TAG
-# The virtualenv layer of an image: the non-empty history step that copied /opt/venv.
-venv_layer() {
-    local n
-    n=$("$DOCKER" history --no-trunc --human=false --format '{{.Size}} {{.CreatedBy}}' "$1" \
-        | tac | awk '$1 != 0 {n++} /COPY .*\/opt\/venv \/opt\/venv/ {print n; exit}')
-    layers "$1" | sed -n "${n}p"
-}
+# The virtualenv is each image's top layer (see the Dockerfiles); its size in bytes:
+venv_layer() { layers "$1" | grep . | tail -n 1; }
 venv_size=$("$DOCKER" history --no-trunc --human=false --format '{{.Size}} {{.CreatedBy}}' \
             "$worker" | awk '/COPY .*\/opt\/venv \/opt\/venv/ {print $1; exit}')
 printf '%-22s %8s %7s  %s\n' image size layers "virtualenv layer ($(mb "$venv_size"))"
@@ -46,9 +41,9 @@ for image in "$rest" "$worker"; do
         "$(mb "$("$DOCKER" image inspect -f '{{.Size}}' "$image")")" \
         "$(layers "$image" | grep -c .)" "$(venv_layer "$image")"
 done
-if [ "$(venv_layer "$rest")" = "$(venv_layer "$worker")" ]; then
-    echo "the two images share the virtualenv layer"
+if [ "$(layers "$rest")" = "$(layers "$worker")" ]; then
+    echo "the two images have the same layers, the virtualenv included"
 else
-    echo "the virtualenv layers differ: the images do not share it" >&2
+    echo "the images' layers differ: they do not share the virtualenv layer" >&2
     exit 1
 fi
