@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from facerec.faces import Faces
 from facerec.pipeline import Processor
 from facerec.settings import Settings
 from facerec.store import (
@@ -28,6 +29,15 @@ def processors(settings: Settings, n: int) -> list[Processor]:
     for p in result:
         p.load_index()
     return result
+
+
+def random_images(rng: np.random.Generator, n_identities: int, n_images: int
+                  ) -> dict[str, Faces]:
+    """Images of 0 to 2 faces each, of a few identities, named by 64-hex-digit ids."""
+    centres = identities(rng, n_identities)
+    return {f"{i:064x}": image_faces(rng, centres,
+                                     list(rng.integers(0, n_identities, rng.integers(0, 3))))
+            for i in range(n_images)}
 
 
 def test_two_workers_that_matched_before_either_committed_still_record_their_match(
@@ -94,10 +104,7 @@ def test_any_interleaving_of_workers_gives_the_brute_force_match_sets(
         settings: Settings, redis_server: RedisServer, seed: int, n_workers: int,
         n_images: int, data: st.DataObject) -> None:
     redis_server.flush()
-    rng = np.random.default_rng(seed)
-    centres = identities(rng, 4)
-    images = {f"{i:064x}": image_faces(rng, centres, list(rng.integers(0, 4, rng.integers(0, 3))))
-              for i in range(n_images)}
+    images = random_images(np.random.default_rng(seed), 4, n_images)
     workers = processors(settings, n_workers)
     # Each image goes to a worker chosen by hypothesis, in an order it chooses.
     order = data.draw(st.permutations(sorted(images)))
@@ -156,10 +163,7 @@ def test_any_interleaving_of_commits_and_erasures_gives_the_brute_force_match_se
         settings: Settings, redis_server: RedisServer, seed: int, n_workers: int,
         n_images: int, data: st.DataObject) -> None:
     redis_server.flush()
-    rng = np.random.default_rng(seed)
-    centres = identities(rng, 3)
-    images = {f"{i:064x}": image_faces(rng, centres, list(rng.integers(0, 3, rng.integers(0, 3))))
-              for i in range(n_images)}
+    images = random_images(np.random.default_rng(seed), 3, n_images)
     store = Store(settings)
     workers = processors(settings, n_workers)
     committed: list[str] = []

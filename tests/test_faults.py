@@ -232,6 +232,14 @@ def publish(env: Env, paths: tuple[str, ...] = PHOTOS) -> set[str]:
     return {hash_of(p) for p in paths}
 
 
+def publish_one(env: Env, body: bytes, name: str) -> None:
+    broker = env.broker()
+    try:
+        broker.publish_image(ImageMessage.for_image(body, name, "upload"))
+    finally:
+        broker.close()
+
+
 def scans(env: Env, image_hash: str) -> str | None:
     return env.redis.client(META).hget(image_key(image_hash), "scans")
 
@@ -375,9 +383,7 @@ def test_redis_restarted_while_workers_run_keeps_every_acked_image(
 def test_a_poison_image_and_a_malformed_header_are_dead_lettered_while_others_flow(
         fenv: Env, baseline: Baseline, tmp_path: Path) -> None:
     poison = plain_image(99)
-    broker = fenv.broker()
-    broker.publish_image(ImageMessage.for_image(poison, "poison.png", "upload"))
-    broker.close()
+    publish_one(fenv, poison, "poison.png")
     good = plain_image(98)
     publish_raw(fenv.settings, good, {"schema": 99, "hash": sha256_hex(good),
                                       "name": "v99.png", "kind": "upload"})
@@ -406,9 +412,7 @@ def test_a_poison_image_and_a_malformed_header_are_dead_lettered_while_others_fl
 def test_an_image_that_crashes_every_worker_is_dead_lettered_by_the_broker_after_the_limit(
         fenv: Env, rabbit: PrivateRabbit, baseline: Baseline, tmp_path: Path) -> None:
     poison = plain_image(97)
-    broker = fenv.broker()
-    broker.publish_image(ImageMessage.for_image(poison, "crash.png", "upload"))
-    broker.close()
+    publish_one(fenv, poison, "crash.png")
     publish(fenv)
     crashes = 0
     while fenv.queue_depth(amqp.DEAD_QUEUE) == 0:
@@ -437,9 +441,7 @@ def test_an_image_that_crashes_every_worker_is_dead_lettered_by_the_broker_after
 def test_max_deliveries_of_two_dead_letters_an_image_that_crashed_two_workers(
         fenv: Env, rabbit: PrivateRabbit, tmp_path: Path) -> None:
     poison = plain_image(96)
-    broker = fenv.broker()
-    broker.publish_image(ImageMessage.for_image(poison, "crash.png", "upload"))
-    broker.close()
+    publish_one(fenv, poison, "crash.png")
     crash = {"MAX_DELIVERIES": "2", "FACEREC_FAULT": "crash_before_commit",
              "FACEREC_FAULT_NAME": "crash.png"}
     for _ in range(2):
