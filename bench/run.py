@@ -12,6 +12,7 @@ host on the machine's broker (127.0.0.1:5672, guest), and removes them afterward
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,8 +53,8 @@ def render(sections: list[Section], quick: bool, seconds: float, plot: Path | No
     for s in sections:
         out.append(s.markdown())
         if s.title.startswith("2.") and plot is not None:
-            out += [f"![match time vs stored faces]({plot.relative_to(ROOT)})", "",
-                    f"Plot: [{plot.relative_to(ROOT)}]({plot.relative_to(ROOT)}).", ""]
+            rel = os.path.relpath(plot, ROOT)
+            out += [f"![match time vs stored faces]({rel})", "", f"Plot: [{rel}]({rel}).", ""]
     out += ["## Other measurements", "",
             "Kept in README.md beside the setting they decide, each with its command: the "
             "choice of `DETECT_MAX_SIDE` (`python bench/max_side.py`, section *Settings*) and "
