@@ -57,6 +57,9 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 DEAD_EXCHANGE = "toWorker.dead"
 DEAD_QUEUE = "toWorker.images.dead"
 DEAD_ROUTING_KEY = "dead"
+# A copy of every dead letter, for the workers: one RabbitMQ dead-lettered after the
+# delivery limit (a worker crashed on each try) is how the image's status learns of it.
+DEAD_EVENTS_QUEUE = "toWorker.dead.events"
 ERROR_HEADER = "x-facerec-error"
 # Deliveries before a worker dead-lettered the message. Not x-delivery-count: the dead-letter
 # queue counts its own deliveries under that name, so a copy would be overwritten.
@@ -88,6 +91,8 @@ def declare_topology(channel: BlockingChannel) -> None:
     channel.exchange_declare(DEAD_EXCHANGE, exchange_type="direct", durable=True)
     channel.queue_declare(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key=DEAD_ROUTING_KEY)
+    channel.queue_declare(DEAD_EVENTS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(DEAD_EVENTS_QUEUE, DEAD_EXCHANGE, routing_key=DEAD_ROUTING_KEY)
     channel.queue_declare(IMAGE_QUEUE, durable=True, arguments={
         "x-queue-type": "quorum",
         "x-delivery-limit": DELIVERY_CEILING - 1,
@@ -471,13 +476,16 @@ class Consumer:
 
     With `respond`, the search queue is consumed too, on a channel and a thread of its
     own (so a search never waits for the image in hand): each request's Reply is sent to
-    its asker, then the request is acknowledged.
+    its asker, then the request is acknowledged. With `on_dead`, so is the copy of every
+    dead letter (DEAD_EVENTS_QUEUE), on that same thread: acknowledged once on_dead
+    returns, returned to the queue if it raises.
     """
 
     def __init__(self, settings: Settings, handle: Handler, *, stopping: threading.Event,
                  tick: Callable[[], None], on_error: Callable[[BaseException, float], None],
                  on_consume: Callable[[], None], queue_name: str = IMAGE_QUEUE,
-                 respond: Responder | None = None) -> None:
+                 respond: Responder | None = None,
+                 on_dead: Callable[[Delivery], None] | None = None) -> None:
         self._settings = settings
         self._handle = handle
         self._stopping = stopping
@@ -487,6 +495,7 @@ class Consumer:
         self._queue = queue_name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery")
         self._respond = respond
+        self._on_dead = on_dead
         self._requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         self._busy = 0
 
@@ -514,10 +523,14 @@ class Consumer:
             tag: str | None = channel.basic_consume(
                 self._queue, partial(self._on_message, connection))
             requests: BlockingChannel | None = None
-            if self._respond is not None:
+            if self._respond is not None or self._on_dead is not None:
                 requests = connection.channel()
                 requests.basic_qos(prefetch_count=1)
+            if self._respond is not None and requests is not None:
                 requests.basic_consume(SEARCH_QUEUE, partial(self._on_request, connection))
+            if self._on_dead is not None and requests is not None:
+                requests.basic_consume(DEAD_EVENTS_QUEUE,
+                                       partial(self._on_dead_event, connection))
             self._on_consume()
             while not self._stopping.is_set() or self._busy:
                 self._tick()
@@ -551,6 +564,24 @@ class Consumer:
         future = self._requests.submit(self._respond, delivery)
         future.add_done_callback(lambda f: connection.add_callback_threadsafe(
             partial(self._answer, channel, method.delivery_tag, delivery, f)))
+
+    def _on_dead_event(self, connection: pika.BlockingConnection, channel: BlockingChannel,
+                       method: pika.spec.Basic.Deliver, props: pika.BasicProperties,
+                       body: bytes) -> None:
+        assert self._on_dead is not None
+        delivery = Delivery(props.headers, props.content_type, b"",
+                            delivery_attempt(props.headers))
+        future = self._requests.submit(self._on_dead, delivery)
+
+        def settle(f: Future[None]) -> None:
+            if not channel.is_open:
+                return
+            if f.exception() is None:
+                channel.basic_ack(method.delivery_tag)
+            else:
+                channel.basic_nack(method.delivery_tag, requeue=True)
+        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
+            partial(settle, f)))
 
     def _answer(self, channel: BlockingChannel, tag: int, delivery: Delivery,
                 future: Future[Reply]) -> None:

@@ -324,7 +324,7 @@ def reset_vhost(settings: Settings) -> None:
     conn = pika.BlockingConnection(amqp.connection_parameters(settings))
     try:
         ch = conn.channel()
-        for q in (amqp.IMAGE_QUEUE, amqp.DEAD_QUEUE):
+        for q in (amqp.IMAGE_QUEUE, amqp.DEAD_QUEUE, amqp.DEAD_EVENTS_QUEUE, amqp.SEARCH_QUEUE):
             ch.queue_delete(q)
     finally:
         conn.close()

@@ -428,11 +428,16 @@ def test_an_image_that_crashes_every_worker_is_dead_lettered_by_the_broker_after
     assert (dead.name, dead.image_hash, dead.count) == (
         "crash.png", sha256_hex(poison), DELIVERY_CEILING)
     assert dead.reason.startswith(f"delivered {DELIVERY_CEILING} times without being settled")
-    # The last delivery marked the image failed before it crashed too: not "queued" for ever.
-    view = fenv.redis.client(META).hgetall(image_key(sha256_hex(poison)))
-    assert view["status"] == "failed"
-    assert view["reason"].startswith(f"delivered {DELIVERY_CEILING} times: the worker crashed")
+    # Nothing said "failed" while deliveries were still to come; the next worker learns of
+    # the broker's dead letter (its copy on toWorker.dead.events) and says so: not "queued"
+    # for ever.
+    meta = fenv.redis.client(META)
+    assert meta.hget(image_key(sha256_hex(poison)), "status") is None  # never marked queued
     start_worker(fenv, tmp_path)
+    wait_until(lambda: meta.hget(image_key(sha256_hex(poison)), "status") == "failed", 60,
+               "the dead letter to reach the image's status")
+    assert meta.hget(image_key(sha256_hex(poison)), "reason").startswith(
+        f"delivered {DELIVERY_CEILING} times without being settled")
     all_photos_done(fenv)
     assert_consistent(fenv, baseline)
 
@@ -444,10 +449,18 @@ def test_max_deliveries_of_two_dead_letters_an_image_that_crashed_two_workers(
     publish_one(fenv, poison, "crash.png")
     crash = {"MAX_DELIVERIES": "2", "FACEREC_FAULT": "crash_before_commit",
              "FACEREC_FAULT_NAME": "crash.png"}
-    for _ in range(2):
-        worker = start_worker(fenv, tmp_path, **crash)
-        assert worker.proc.wait(180) == 137, worker.output()
-        wait_until(lambda: rabbit.unacked() == 0, 30, "the broker to take the message back")
+    worker = start_worker(fenv, tmp_path, **crash)
+    assert worker.proc.wait(180) == 137, worker.output()
+    wait_until(lambda: rabbit.unacked() == 0, 30, "the broker to take the message back")
+    # The second and last delivery hangs, then its worker is killed: while it runs, the
+    # status must not already say it failed.
+    slow = start_worker(fenv, tmp_path, MAX_DELIVERIES="2", FACEREC_FAULT="slow=600",
+                        FACEREC_FAULT_NAME="crash.png")
+    wait_until(lambda: slow.faults() == 1, 120, "the last delivery to be under way")
+    meta = fenv.redis.client(META)
+    assert meta.hget(image_key(sha256_hex(poison)), "status") != "failed"
+    fenv.stop(slow.proc, signal.SIGKILL)
+    wait_until(lambda: rabbit.unacked() == 0, 30, "the broker to take the message back")
     assert fenv.queue_depth(amqp.DEAD_QUEUE) == 0  # the broker's own ceiling is not reached
     # The third delivery is refused unprocessed: the hook that would crash never runs.
     worker = start_worker(fenv, tmp_path, **crash)

@@ -72,14 +72,15 @@ def run(settings: Settings, files: list[Path] | None, hook: Hook | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     metrics.serve(settings.metrics_port)
-    Consumer(settings, ImageHandler(processor, log), stopping=stopping,
+    images = ImageHandler(processor, log)
+    Consumer(settings, images, stopping=stopping,
              tick=heartbeat.Beat(settings.worker_heartbeat_file),
              on_error=lambda exc, delay: log.info(
                  "RabbitMQ connection lost (%r); reconnecting in %.1fs", exc, delay),
              on_consume=lambda: log.info("consuming images (prefetch %d, max deliveries %d) "
                                          "and searches", settings.prefetch,
                                          settings.max_deliveries),
-             respond=SearchHandler(processor, log)).run()
+             respond=SearchHandler(processor, log), on_dead=images.dead_lettered).run()
     log.info("worker stopped")
     return 0
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 from facerec import metrics
-from facerec.broker import Delivery
+from facerec.broker import ERROR_HEADER, Delivery
+from facerec.deadletters import describe
 from facerec.errors import InvalidMessage, PermanentError
-from facerec.messages import ImageMessage
+from facerec.messages import ImageMessage, is_image_hash
 from facerec.pipeline import Processor
 from facerec.retry import Verdict, admit, decide
 
@@ -42,11 +43,6 @@ class ImageHandler:
     def _process(self, msg: ImageMessage, attempt: int) -> Verdict:
         verdict = admit(attempt, self.max_deliveries)
         if verdict is None:
-            if attempt == self.max_deliveries:
-                # If this last delivery also dies with the process, no code of ours runs for
-                # it again before the next delivery: say so now (a success overwrites it).
-                self._mark_failed(msg, f"delivered {attempt} times: the worker crashed or "
-                                       f"lost its connection on the earlier ones; last attempt")
             error: Exception | None = None
             try:
                 self.processor.process(msg)
@@ -66,6 +62,24 @@ class ImageHandler:
     def _mark_failed(self, msg: ImageMessage, reason: str) -> None:
         self.processor.with_retry("mark failed", lambda: self.processor.store.mark_failed(
             msg.image_hash, msg.name, reason, msg.ticket))
+
+    def dead_lettered(self, delivery: Delivery) -> None:
+        """A copy of a dead letter (on the request thread). Images this worker dead-lettered
+        are marked failed already; one RabbitMQ dead-lettered after the delivery limit (the
+        worker died on every delivery, so no code of ours saw the last one end) is marked
+        here, with the broker's reason. A message of an erased image writes nothing."""
+        headers = delivery.headers or {}
+        if ERROR_HEADER in headers:
+            return
+        letter = describe(headers)
+        ticket = headers.get("ticket")
+        if not is_image_hash(letter.image_hash) or not letter.name:
+            return
+        self._mark_failed(ImageMessage(letter.image_hash, letter.name, "upload", b"",
+                                       ticket=ticket if isinstance(ticket, str) else ""),
+                          letter.reason)
+        self.log.info("image %s (%r) dead-lettered by RabbitMQ: %s", letter.image_hash,
+                      letter.name, letter.reason)
 
     @staticmethod
     def _counted(verdict: Verdict) -> Verdict:
