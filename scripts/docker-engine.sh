@@ -84,7 +84,7 @@ engine_processes() {  # $1 (dockerd), its containerd, and the shims serving that
     local dir cmdline
     echo "$1"
     for dir in /proc/[0-9]*; do
-        cmdline=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
+        cmdline=$(tr '\0' ' ' 2>/dev/null <"$dir/cmdline") || continue
         case "$cmdline" in
             *"$RUNTIME_ROOT/containerd/containerd.sock"*|*"$RUNTIME_ROOT/containerd/containerd.toml"*)
                 echo "${dir#/proc/}" ;;
