@@ -30,6 +30,10 @@ class ForbiddenURL(PermanentError):
     """A URL refused before fetching: bad scheme, internal address, malformed."""
 
 
+class TooManyNames(PermanentError):
+    """An image has as many names as one image may have (facerec.store.MAX_NAMES)."""
+
+
 class ImageMissing(PermanentError):
     """The image store has no object for a hash a message refers to."""
 

@@ -45,7 +45,7 @@ from typing import ParamSpec, TypeVar, cast
 import numpy as np
 import redis
 
-from facerec.errors import RedisUnavailable
+from facerec.errors import RedisUnavailable, TooManyNames
 from facerec.faces import ENCODING_DIM, ENCODING_DTYPE
 from facerec.settings import Settings
 
@@ -93,6 +93,9 @@ IMAGE_PREFIX = "image:"
 PENDING_PREFIX = "pending:"
 DISTANCES_PREFIX = "dist:"
 TICKETS_PREFIX = "tickets:"
+# Names one image may have: bounds what one image costs in Redis and what /match answers
+# for it (the lab's body is the full list of names).
+MAX_NAMES = 1000
 URL_PREFIX = "url:"
 PRIOR_PREFIX = "prior:"
 
@@ -257,8 +260,16 @@ return {'ok', version}
 # rest, before anything leaves (so that an error answer means nothing was queued): for a
 # processed image, record the name and answer 'dup'; otherwise give the message its
 # ticket, mark the image queued with its pending name, remember which hash a fetched URL
-# gave, and answer 'queued'. ARGV after the prelude: now, url ("" for an upload).
+# gave, and answer 'queued'; 'full' (nothing written) when the image has MAX_NAMES names
+# already and this is a new one. ARGV after the prelude: now, url ("" for an upload).
 _PREPARE = _PRELUDE + """
+redis.call('SELECT', %(image_names_db)d)
+local known = redis.call('SCARD', h)
+local named = nnames > 0 and redis.call('SISMEMBER', h, names[1]) == 1
+redis.call('SELECT', %(meta)d)
+known = known + redis.call('SCARD', '%(pending)s' .. h)
+named = named or (nnames > 0 and redis.call('SISMEMBER', '%(pending)s' .. h, names[1]) == 1)
+if known >= %(max_names)d and not named then return 'full' end
 if status == 'done' then add_names() return 'dup' end
 if ticket ~= '' then redis.call('SADD', '%(tickets)s' .. h, ticket) end
 local key = '%(image)s' .. h
@@ -354,7 +365,7 @@ _DBS = {"names_db": NAME_TO_HASH, "image_names_db": HASH_TO_NAMES,
         "face_log": FACE_LOG, "face_log_epoch": FACE_LOG_EPOCH,
         "face_log_erased": FACE_LOG_ERASED, "image": IMAGE_PREFIX, "pending": PENDING_PREFIX,
         "dist": DISTANCES_PREFIX, "tickets": TICKETS_PREFIX, "url": URL_PREFIX,
-        "prior": PRIOR_PREFIX, "face_bytes": FACE_BYTES}
+        "prior": PRIOR_PREFIX, "face_bytes": FACE_BYTES, "max_names": MAX_NAMES}
 
 
 @dataclass(frozen=True)
@@ -448,8 +459,13 @@ class Store:
     @_translated
     def prepare(self, image_hash: str, name: str, ticket: str, url: str = "") -> bool:
         """Before queueing: True if the image is processed (the name is recorded, nothing
-        to queue); else its ticket is given and it is marked queued (see _PREPARE)."""
-        return str(self._prepare(args=_args(image_hash, ticket, [name], _now(), url))) == "dup"
+        to queue); else its ticket is given and it is marked queued (see _PREPARE).
+        TooManyNames if it has MAX_NAMES names already and this one is new."""
+        answer = str(self._prepare(args=_args(image_hash, ticket, [name], _now(), url)))
+        if answer == "full":
+            raise TooManyNames(f"this image has {MAX_NAMES} names already: remove one "
+                               f"(DELETE /name/...) before giving it another")
+        return answer == "dup"
 
     @_translated
     def release(self, image_hash: str, name: str, ticket: str, url: str, reason: str) -> None:

@@ -18,6 +18,7 @@ from facerec.errors import (
     InvalidMessage,
     RedisUnavailable,
     SearchUnavailable,
+    TooManyNames,
 )
 from rest.services import services
 
@@ -25,6 +26,7 @@ from rest.services import services
 STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (ForbiddenURL, 400, "forbidden_url"), (InvalidMessage, 400, "invalid_name"),
     (InvalidImage, 400, "invalid_image"), (FetchError, 422, "fetch_failed"),
+    (TooManyNames, 409, "too_many_names"),
     (BrokerUnavailable, 503, "broker_unavailable"), (RedisUnavailable, 503, "redis_unavailable"),
     (ImageStoreUnavailable, 503, "store_unavailable"),
     (SearchUnavailable, 503, "search_unavailable"),

@@ -81,6 +81,7 @@ SPEC: dict[str, Any] = {
                                                         "minLength": 1}},
                 "image/*": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
             "responses": {"200": _SCANNED,
+                          "409": _error("the image has as many names as one may have"),
                           "400": _error("empty body, or not a decodable JPEG/PNG/WebP/BMP/TIFF"),
                           "413": _error("larger than MAX_UPLOAD_BYTES"),
                           **_URI_TOO_LONG, **_AUTH_AND_BROKER}}},
@@ -92,6 +93,7 @@ SPEC: dict[str, Any] = {
                 "properties": {"url": {"type": "string", "format": "uri",
                                        "description": "http or https URL"}}}}}},
             "responses": {"200": _SCANNED,
+                          "409": _error("the image has as many names as one may have"),
                           "400": _error("missing or malformed URL, scheme not http(s), or a "
                                         "host that resolves to a non-public address"),
                           "413": _error("request body larger than MAX_UPLOAD_BYTES"),

@@ -16,7 +16,9 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from facerec.broker import DEAD_QUEUE
-from tests.services import FACES, Env, free_port, http
+from facerec.messages import sha256_hex
+from facerec.store import MAX_NAMES, META
+from tests.services import FACES, Env, free_port, http, read_queue
 
 OBAMA = (FACES / "obama/obama_small.jpg").read_bytes()
 CAP = 1_000_000
@@ -201,3 +203,15 @@ def test_invented_http_methods_never_become_metric_labels(app: FlaskClient) -> N
     assert "BREW" not in text
     # (The registry is the process's: other tests' requests are counted in it too.)
     assert 'facerec_http_request_seconds_count{method="other",route="unmatched"}' in text
+
+
+def test_an_image_with_the_most_names_refuses_a_new_name_but_not_a_known_one(
+        env: Env, app: FlaskClient) -> None:
+    h = sha256_hex(OBAMA)
+    env.redis.client(META).sadd(f"pending:{h}", *(f"n{i}.jpg" for i in range(MAX_NAMES)))
+    reply = app.post("/scan/image/one-more.jpg", data=OBAMA)
+    assert reply.status_code == 409 and "names already" in reply.json["error"]
+    assert app.post("/scan/image/n7.jpg", data=OBAMA).status_code == 200
+    assert env.queue_depth() == 1
+    while env.queue_depth():  # leave the queue as the fixture expects it
+        read_queue(env.settings, "toWorker.images", consume=True)
