@@ -10,11 +10,13 @@ is cut off when it passes), and the body is cut off at the byte cap.
 
 from __future__ import annotations
 
+import http
 import http.client
 import io
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,8 +40,10 @@ _UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
 def system_resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise FetchError(f"cannot resolve {host!r}: {exc}") from None
+    except (socket.gaierror, UnicodeError, ValueError):
+        # The resolver's own words (errno, "temporary failure"...) describe the network
+        # rest runs in: the caller learns only that the name did not resolve.
+        raise FetchError(f"cannot resolve {host!r}") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -67,6 +71,14 @@ def legacy_ipv4_spelling(host: str) -> bool:
     return socket.inet_ntoa(packed) != host
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return legacy_ipv4_spelling(host)
+
+
 def check_url(url: str) -> tuple[str, str, int]:
     """Return (scheme, host, port) of an acceptable http(s) URL, else raise ForbiddenURL."""
     if not isinstance(url, str) or not url or len(url) > MAX_NAME_LENGTH:
@@ -85,7 +97,14 @@ def check_url(url: str) -> tuple[str, str, int]:
         raise ForbiddenURL("URL has no host")
     if parts.username is not None or parts.password is not None:
         raise ForbiddenURL("URLs with credentials are not fetched")
-    host = parts.hostname.rstrip(".").lower()
+    try:
+        # What the resolver will look up: IDNA maps full-width and ideographic digits and
+        # dots to ASCII ones, so every check below sees the name the resolver sees.
+        host = parts.hostname.encode("idna").decode("ascii").rstrip(".").lower()
+    except UnicodeError:
+        raise ForbiddenURL("malformed host name") from None
+    if host != parts.hostname.rstrip(".").lower() and _is_ip_literal(host):
+        raise ForbiddenURL(f"host {host!r} is an IP address in a non-standard spelling")
     if host in _METADATA_HOSTS:
         raise ForbiddenURL(f"host {host!r} is a cloud metadata service")
     if legacy_ipv4_spelling(host):
@@ -115,7 +134,8 @@ class Fetcher:
         for text in addresses:
             ip = ipaddress.ip_address(text.split("%", 1)[0])
             if not is_public(ip) and not any(ip in net for net in self.allow_networks):
-                raise ForbiddenURL(f"{host!r} resolves to non-public address {ip}")
+                # The address itself stays unsaid: it would map internal names for anyone.
+                raise ForbiddenURL(f"{host!r} resolves to a non-public address")
         return addresses[0]
 
     def fetch(self, url: str) -> bytes:
@@ -138,15 +158,15 @@ class Fetcher:
                     url = urljoin(url, location)
                     continue
                 if resp.status != 200:
-                    raise FetchError(f"HTTP {resp.status} {resp.reason}")
+                    # The standard phrase, not the server's: its reason line is its own text.
+                    raise FetchError(f"HTTP {resp.status} {_phrase(resp.status)}".rstrip())
                 length = resp.getheader("Content-Length")
                 if length and length.isdigit() and int(length) > self.max_bytes:
                     raise FetchError(f"remote image of {length} bytes exceeds the cap of "
                                      f"{self.max_bytes} bytes")
                 return self._read_capped(resp, deadline)
             except (OSError, ValueError, http.client.HTTPException) as exc:
-                # ValueError: http.client's own refusals (e.g. a control character).
-                raise FetchError(f"fetching failed: {exc!r}") from None
+                raise FetchError(f"fetching failed: {failure_class(exc)}") from None
             finally:
                 conn.close()
         raise FetchError(f"more than {self.max_redirects} redirects")
@@ -162,6 +182,37 @@ class Fetcher:
             if total > self.max_bytes:
                 raise FetchError(f"remote image exceeds the cap of {self.max_bytes} bytes")
             chunks.append(chunk)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def failure_class(exc: BaseException) -> str:
+    """What went wrong, as a class: never the exception's text, which may quote the remote
+    server (a banner where a status line should be), name internal hosts (certificates)
+    or describe rest's network."""
+    if isinstance(exc, TimeoutError):
+        # Our own deadline's message says which; a socket timeout says nothing more.
+        return str(exc) if "too long" in str(exc) else "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS handshake or certificate check failed"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return "connection closed by the server"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the body ended before its announced length"
+    if isinstance(exc, http.client.HTTPException):
+        return "the answer is not valid HTTP"
+    if isinstance(exc, ValueError):  # http.client's own refusals (a control character)
+        return "the URL cannot be sent in a request"
+    return "network error"
 
 
 class _DeadlineReader(io.RawIOBase):

@@ -447,3 +447,105 @@ def test_scan_url_checks_redirects_and_cuts_off_slow_servers(
     finally:
         holder[0].close()
     assert env.queue_depth() == 0 and env.statuses() == {}
+
+
+# -- spellings that only IDNA turns into addresses (second round) --------------------------
+
+# Full-width digits and dots (U+FF10-FF19, U+FF0E) and the ideographic full stops (U+3002,
+# U+FF61): the resolver's IDNA step maps them to ASCII, so each of these is 127.0.0.1.
+IDNA_SPELLINGS = [
+    "http://１２７.１/", "http://０ｘ７ｆ.１/", "http://２１３０７０６４３３/",
+    "http://１２７．０．０．１/", "http://127。0。0。1/", "http://127｡0｡0｡1/",
+    "http://⑫⑦.1/",  # circled numbers: NFKC (IDNA's nameprep) makes them 12 and 7
+]
+
+
+@pytest.mark.parametrize("url", IDNA_SPELLINGS)
+def test_full_width_and_ideographic_spellings_of_an_address_are_refused_even_with_an_allow_list(
+        trapped: list[object], url: str) -> None:
+    fetcher = Fetcher(CAP, timeout=2, allow_networks=LOOPBACK,
+                      resolve=Resolver(lambda host, port, n: ["127.0.0.1"]))
+    with pytest.raises(ForbiddenURL, match="non-standard spelling"):
+        fetcher.fetch(url)
+    assert trapped == []
+
+
+def test_a_unicode_name_is_checked_and_resolved_as_its_idna_form(trapped: list[object]) -> None:
+    resolver = Resolver(lambda host, port, n: ["10.0.0.1"])
+    with pytest.raises(ForbiddenURL):
+        Fetcher(CAP, timeout=2, resolve=resolver).fetch("http://bücher.example/a.jpg")
+    assert resolver.calls == [("xn--bcher-kva.example", 80)]
+    with pytest.raises(ForbiddenURL, match="metadata service"):
+        check_url("http://ｍｅｔａｄａｔａ.google.internal/")
+
+
+# -- error messages: the reason class, never internal details -------------------------------
+
+def test_a_name_resolving_to_an_internal_address_is_refused_without_saying_the_address(
+        trapped: list[object]) -> None:
+    resolver = Resolver(lambda host, port, n: ["10.11.12.13"])
+    with pytest.raises(ForbiddenURL) as refused:
+        Fetcher(CAP, timeout=2, resolve=resolver).fetch("http://db.internal.example/")
+    assert "non-public address" in str(refused.value)
+    assert "10.11.12.13" not in str(refused.value)
+
+
+def test_an_unresolvable_name_says_so_without_the_resolvers_words() -> None:
+    with pytest.raises(FetchError) as failed:
+        fetch_module.system_resolve("no-such-host.invalid", 80)
+    assert str(failed.value) == "cannot resolve 'no-such-host.invalid'"
+
+
+class _Banner(BaseHTTPRequestHandler):
+    """/ssh: a banner where a status line should be. /secret: an error status whose reason
+    phrase and body are the server's own words."""
+
+    def do_GET(self) -> None:
+        if self.path == "/ssh":
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6p1 internal-bastion-7\r\n")
+            return
+        self.send_response(500, "Internal db-primary.corp:5432 refused")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def banner_server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Banner)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_fetch_errors_name_the_class_of_failure_and_never_echo_the_remote_server(
+        banner_server: str) -> None:
+    fetcher = Fetcher(CAP, timeout=5, allow_networks=LOOPBACK)
+    with pytest.raises(FetchError) as ssh:
+        fetcher.fetch(f"{banner_server}/ssh")
+    assert str(ssh.value) == "fetching failed: the answer is not valid HTTP"
+    with pytest.raises(FetchError) as status:
+        fetcher.fetch(f"{banner_server}/secret")
+    assert str(status.value) == "HTTP 500 Internal Server Error"
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(FetchError) as refused:
+        fetcher.fetch(f"http://127.0.0.1:{port}/")
+    assert str(refused.value) == "fetching failed: connection refused"
+
+
+def test_scan_url_answers_with_the_failure_class_only(env: Env, banner_server: str) -> None:
+    rest = env.start_rest(FETCH_ALLOW_NETWORKS="127.0.0.0/8")
+    reply = http("POST", f"{rest}/scan/url", json_body={"url": f"{banner_server}/ssh"})
+    assert (reply.status, reply.body) == (422, {
+        "error": "fetching failed: the answer is not valid HTTP"})
+    reply = http("POST", f"{rest}/scan/url", json_body={"url": f"{banner_server}/secret"})
+    assert (reply.status, reply.body) == (422, {"error": "HTTP 500 Internal Server Error"})
+    reply = http("POST", f"{rest}/scan/url", json_body={"url": "http://１２７.１/a.jpg"})
+    assert reply.status == 400 and "non-standard spelling" in reply.body["error"]
+    assert env.queue_depth() == 0
