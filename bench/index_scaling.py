@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -71,7 +72,8 @@ def cpu_seconds() -> float:
 
 def redis_vectors(port: int) -> RedisVectors:
     import redis
-    return RedisVectors(redis.Redis(port=port, db=HASH_TO_ENCODINGS).mget)
+    db3 = redis.Redis(port=port, db=HASH_TO_ENCODINGS)
+    return RedisVectors(lambda hashes: cast(list[bytes | None], db3.mget(hashes)))
 
 
 def load_batched(port: int, index: FaceIndex, batch: int = 10_000) -> None:
@@ -84,11 +86,11 @@ def load_batched(port: int, index: FaceIndex, batch: int = 10_000) -> None:
     def fetch() -> None:
         version = index.version
         while True:
-            hashes = meta.lrange(FACE_LOG, version, version + batch - 1)
+            hashes = cast(list[str], meta.lrange(FACE_LOG, version, version + batch - 1))
             if not hashes:
                 batches.put(None)
                 return
-            batches.put((hashes, db3.mget(hashes)))
+            batches.put((hashes, cast(list[bytes], db3.mget(hashes))))
             version += len(hashes)
 
     reader = threading.Thread(target=fetch, daemon=True)

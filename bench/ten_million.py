@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Section, log, percentile, services, verdict
-from bench.index_scaling import TOL, cpu_seconds, load_batched, redis_vectors, status_kib
+from bench.index_scaling import cpu_seconds, load_batched, redis_vectors, status_kib
+from bench.match_scaling import TOL
 from facerec.matcher import exact_distances
 from facerec.store import FACE_LOG, FACE_LOG_EPOCH, HASH_TO_ENCODINGS, META
 
