@@ -178,13 +178,19 @@ def get_scan(kernel: str | None = None) -> tuple[str, ScanFn]:
         q = np.zeros((1, CODE_DIMS), np.int16)
         out = np.zeros(1, np.int64)
         fn(np.zeros(BLOCK_BYTES, np.int8), 0, 1, q, np.zeros(1, np.int32), out, out.copy())
-        frozen = np.zeros((1, 128), np.float32)
-        frozen.flags.writeable = False  # blobs decoded from Redis are read-only views
-        for vectors in (np.zeros((1, 128), np.float32), frozen):
-            _kernels_built["encode"](vectors, np.arange(CODE_DIMS), 128.0, 127, np.float32(1.5),
-                                     np.zeros((1, CODE_DIMS), np.int8), np.zeros(1))
+        _kernels_built["encode"](read_only(np.zeros((1, 128), np.float32)),
+                                 np.arange(CODE_DIMS), 128.0, 127, np.float32(1.5),
+                                 np.zeros((1, CODE_DIMS), np.int8), np.zeros(1))
         _numba_scan = fn
     return "numba", _numba_scan
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: the encoder is compiled for those only (blobs decoded from Redis
+    are read-only), so once, not once per writability."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def get_encode(kernel: str) -> Callable[..., None] | None:

@@ -93,7 +93,8 @@ def encode(vectors: np.ndarray, kernel: str = "numpy") -> tuple[np.ndarray, np.n
     if fast is not None:
         codes8 = np.empty((len(vectors), CODE_DIMS), dtype=np.int8)
         bounds = np.empty(len(vectors), dtype=np.float64)
-        fast(np.ascontiguousarray(vectors, dtype=ENCODING_DTYPE), DIMS, SCALE, CODE_MAX,
+        fast(_kernels.read_only(np.ascontiguousarray(vectors, dtype=ENCODING_DTYPE)), DIMS,
+             SCALE, CODE_MAX,
              np.float32(1.5), codes8, bounds)
         return codes8, bounds
     kept = vectors.take(DIMS, axis=1)
