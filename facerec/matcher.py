@@ -9,10 +9,12 @@ float64 brute force over every stored face, on every input. See BENCHMARKS.md.
 Codes. Face x (float32, as stored in Redis) keeps CODE_DIMS of its 128 dimensions (`DIMS`:
 the 32 dropped have the least variance in dlib's encodings of the shared photos),
 each as c = round(128·x) clipped to ±127. Its quantization error e(x) = |P·x - c/128|
-(P: the kept dimensions) is at most √96/256 = 0.038 unless a value saturates; faces over
-that (|value| > 0.99, or not finite) are kept in float32 in memory and always compared
-exactly, so one odd face cannot loosen the bound for the others. `E` is the largest error
-of the other faces, kept up to date on insert (never lowered by a removal: still a bound).
+(P: the kept dimensions; `encode` computes it rounded up) is at most √96/256 = 0.038
+unless a value saturates; faces over that (a value beyond ±127.5/128, or not finite) are
+kept in float32 in memory and always compared exactly, so one odd face cannot loosen the
+bound for the others. `E` is the largest error of the other faces, kept up to date on
+insert (never lowered by a removal: it stays a bound). Per face the index holds 96 bytes
+of codes and 32 of image hash (SHA-256, binary).
 
 The bound. For a stored face x and a query q with codes c, c_q and errors e(x) ≤ E, e(q):
   |x - q| ≥ |P(x - q)| ≥ |c - c_q|/128 - e(x) - e(q)        (a projection, then the
@@ -26,7 +28,9 @@ exactly with `exact_distances`, the float64 definition.
 Where the float32 vectors of the candidates come from is a `VectorSource` given to the
 index: in memory (the default: simple, 512 bytes a face), a memory-mapped file, or Redis
 (`RedisVectors`: one MGET per search, nothing held in the worker). BENCHMARKS.md compares
-them.
+them. `remove` (erasure) overwrites an image's codes and held vectors with zeros and
+forgets its hash at once; its rows keep their numbers (`n_faces` stays a cursor) and
+their memory, reclaimed only when the index is rebuilt (`clear`).
 """
 
 from __future__ import annotations
