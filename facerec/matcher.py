@@ -650,16 +650,27 @@ class FaceIndex:
 
         Only stored faces from row `start_face` on are searched (the delta on a retry).
         """
+        best: dict[str, Match] = {}
+        for found in self.search_each(faces, tolerance, exclude, start_face):
+            for h, m in found.items():
+                if h not in best or m.distance < best[h].distance:
+                    best[h] = m
+        return best
+
+    def search_each(self, faces: np.ndarray, tolerance: float, exclude: str = "",
+                    start_face: int = 0) -> list[dict[str, Match]]:
+        """For each of `faces`, the best match per stored image within `tolerance` of it:
+        one scan for all of them (`search` merges these)."""
         faces = np.asarray(faces, dtype=ENCODING_DTYPE).reshape(-1, ENCODING_DIM)
         self.last_rechecked = 0
-        best: dict[str, Match] = {}
+        per_face: list[dict[str, Match]] = [{} for _ in range(len(faces))]
         lo = max(0, start_face)
-        if math.isnan(tolerance):
-            return best
         # A face with a value that is not finite is at distance NaN or inf from every face.
-        faces = faces[np.isfinite(faces).all(axis=1)]
-        if len(faces) == 0 or self.n_faces <= lo:
-            return best
+        usable = np.flatnonzero(np.isfinite(faces).all(axis=1))
+        if math.isnan(tolerance) or not len(usable) or self.n_faces <= lo:
+            return per_face
+        faces = faces[usable]
+        best = [per_face[k] for k in usable.tolist()]
         queries, limits = self.thresholds(faces, tolerance)
         rows, cols = self._candidates(queries, limits, lo)
         if self._outliers:
@@ -673,7 +684,7 @@ class FaceIndex:
         if len(odd):
             self._recheck(np.repeat(odd, len(faces)), np.tile(np.arange(len(faces)), len(odd)),
                           faces, tolerance, exclude, best, from_source=False)
-        return best
+        return per_face
 
     def _candidates(self, queries: np.ndarray, limits: np.ndarray, lo: int
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -698,9 +709,9 @@ class FaceIndex:
         return np.concatenate(found_rows), np.concatenate(found_cols)
 
     def _recheck(self, rows: np.ndarray, cols: np.ndarray, faces: np.ndarray,
-                 tolerance: float, exclude: str, best: dict[str, Match],
+                 tolerance: float, exclude: str, best: list[dict[str, Match]],
                  from_source: bool) -> None:
-        """Measure candidate pairs exactly and keep the best match per image."""
+        """Measure candidate pairs exactly and keep the best match per image and face."""
         if not len(rows):
             return
         images, positions = self._owners(rows)
@@ -725,6 +736,6 @@ class FaceIndex:
                 sel = cols == col
                 dist[sel] = exact_distances(vectors[sel], faces[col])
         for i in np.flatnonzero(dist <= tolerance).tolist():
-            h, d = hashes[i], float(dist[i])
-            if h not in best or d < best[h].distance:
-                best[h] = Match(h, d)
+            h, d, found = hashes[i], float(dist[i]), best[int(cols[i])]
+            if h not in found or d < found[h].distance:
+                found[h] = Match(h, d)

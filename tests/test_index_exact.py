@@ -255,3 +255,25 @@ def test_both_encoders_give_the_same_codes_and_errors_that_bound_the_true_ones(
             true = math.sqrt(math.fsum((float(x) - float(k) / SCALE) ** 2
                                        for x, k in zip(v[DIMS], c, strict=True)))
             assert true <= b1 and true <= b2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_query=st.integers(1, 4))
+def test_search_each_gives_every_face_its_own_brute_force_answer_in_one_scan(
+        kernel: str, seed: int, n_query: int) -> None:
+    rng = np.random.default_rng(seed)
+    anchors = rng.normal(0, 0.07, (4, 128)).astype(np.float32)
+    images = [(f"{i:064x}", np.stack([adversarial_face(rng, anchors[rng.integers(4)], 0.6,
+                                                       rng.integers(8))]), False)
+              for i in range(60)]
+    index = FaceIndex(kernel=kernel)
+    index.extend((h, e) for h, e, _ in images)
+    query = anchors[rng.integers(0, 4, n_query)]
+    query[rng.random(n_query) < 0.2, 0] = np.nan  # such a face matches nothing
+    each = index.search_each(query, 0.6)
+    assert [{h: m.distance for h, m in found.items()} for found in each] == [
+        brute(images, q[None], 0.6) for q in query]
+    assert {h: m.distance for h, m in index.search(query, 0.6).items()} == brute(
+        images, query[np.isfinite(query).all(axis=1)], 0.6)
