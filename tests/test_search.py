@@ -178,3 +178,26 @@ def test_the_facerec_command_searches_a_file(env: Env, tmp_path: Path) -> None:
                           "--tolerance", "0.3"], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert all(m["distance"] <= 0.3 for f in json.loads(raw)["faces"] for m in f["matches"])
+
+
+def test_searches_while_the_same_worker_detects_faces_in_scans_do_not_break_it(
+        env: Env) -> None:
+    # Detection in the image thread and in the search thread at the same time: dlib's
+    # models are not thread-safe, and once crashed the worker ("double free").
+    rest = env.start_rest()
+    worker = env.start_worker()
+    group = (FACES / "groups/obama_and_biden.jpg").read_bytes()
+    wait_until(lambda: search(rest, group)[0] == 200, 120, "the worker to serve searches")
+    queued = set()
+    for photo in photos():
+        assert http("POST", f"{rest}/scan/image/{photo.path}", photo.data).status == 200
+        queued.add(sha256_hex(photo.data))
+    answered = 0
+    while env.queue_depth() > 0 or answered < 3:
+        status, answer = search(rest, group)
+        assert status == 200, answer
+        assert len(answer["faces"]) == 3
+        answered += 1
+    env.wait_processed(queued)
+    assert worker.poll() is None, "the worker died"
+    assert set(env.statuses().values()) == {"done"}
