@@ -239,7 +239,7 @@ class _Deadline(io.BytesIO):
         self.deadline = time.monotonic() + seconds
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if time.monotonic() > self.deadline:
+        if time.monotonic() >= self.deadline:
             raise InvalidImage(f"image took more than {self.seconds:g} s to decode")
         return super().read(size)
 
@@ -397,17 +397,17 @@ def image_format(data: bytes) -> str | None:
 
 # -- memory ----------------------------------------------------------------------------------
 
-class DecoderBusy(Exception):
-    """No memory was free for a decode within the wait: try again later (503)."""
+class Busy(Exception):
+    """No memory was free within the budget's wait: try again later (503)."""
 
 
 class MemoryBudget:
-    """Bytes that concurrent decodes in one process may hold together.
+    """Bytes that concurrent decodes (or bodies) in one process may hold together.
 
     A decode reserves its estimated peak (`Inspection.check_bytes`) before it starts and
     gives it back when done; a decode that alone needs more than the whole budget is an
     invalid image (too large for this process), one that cannot get its share within
-    `wait` seconds raises DecoderBusy.
+    `wait` seconds raises Busy.
     """
 
     def __init__(self, total: int, wait: float = 30.0) -> None:
@@ -430,7 +430,7 @@ class MemoryBudget:
             while self._used + nbytes > self.total:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise DecoderBusy(f"no decoder memory free within {self.wait:g} s")
+                    raise Busy(f"no memory free within {self.wait:g} s")
                 self._free.wait(left)
             self._used += nbytes
         try:

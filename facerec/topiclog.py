@@ -9,9 +9,11 @@ image; when RabbitMQ is down, records still reach stderr and the topic copies ar
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from facerec.broker import LOG_EXCHANGE, Broker, subscribe
 from facerec.settings import Settings
@@ -28,6 +30,35 @@ def component_of(key: str) -> tuple[str, str]:
     """(component, level) of a routing key made by routing_key(); "" when it is not one."""
     parts = key.rsplit(".", 2)
     return (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+
+
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: what
+# could end a log line, move a terminal's cursor, or hide text.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """`text` with every character that could forge or hide a log line written as an
+    escape (\\n, \\x1b, \\u2028): a record is always exactly one line."""
+    return _UNSAFE.sub(lambda m: _NAMED.get(m[0]) or (
+        f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}"), text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """A formatter whose message part is escaped (it may hold request paths, names,
+    URLs), and whose traceback lines are escaped and indented under the record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join("  | " + escape(line)
+                         for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("  | " + escape(line) for line in stack_info.splitlines())
 
 
 def _stderr_drop(exc: BaseException, delay: float) -> None:
@@ -73,9 +104,9 @@ def setup_logging(settings: Settings, component: str) -> logging.Logger:
         handler.close()
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setLevel(logging.INFO)
-    stderr.setFormatter(logging.Formatter(f"%(asctime)s {component} %(levelname)s %(message)s"))
+    stderr.setFormatter(EscapingFormatter(f"%(asctime)s {component} %(levelname)s %(message)s"))
     topic = TopicLogHandler(settings, component)
-    topic.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    topic.setFormatter(EscapingFormatter("%(levelname)s %(message)s"))
     root.addHandler(stderr)
     root.addHandler(topic)
     root.propagate = False

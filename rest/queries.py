@@ -56,5 +56,13 @@ def image_content(image_hash: str) -> Response:
     if data is None:
         raise ApiError(404, "no stored image with this hash")
     kind = faces.image_format(data)
-    return Response(data, content_type=f"image/{kind.lower()}" if kind
-                    else "application/octet-stream")
+    response = Response(data, content_type=f"image/{kind.lower()}" if kind
+                        else "application/octet-stream")
+    # Stored bytes are whatever was uploaded: a browser must neither guess another type
+    # (HTML, script) nor render them in this origin. The file name is the hash: no
+    # uploaded name ever reaches a header.
+    extension = {"JPEG": "jpg", "TIFF": "tif"}.get(kind or "", (kind or "bin").lower())
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Disposition"] = f'attachment; filename="{image_hash}.{extension}"'
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response

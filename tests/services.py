@@ -70,10 +70,12 @@ def photos() -> list[Photo]:
 class RedisServer:
     """A redis-server of our own on a free port, in a temporary directory."""
 
-    def __init__(self, appendonly: bool = False) -> None:
+    def __init__(self, appendonly: bool = False, maxmemory: int = 0) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="facerec-redis-")
         self.appendonly = appendonly
+        # As the manifests configure it: at most this many bytes, writes refused beyond.
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
@@ -82,7 +84,9 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-             "--dir", self.dir], stdout=subprocess.DEVNULL)
+             "--dir", self.dir,
+             *(["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
+               if self.maxmemory else [])], stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, f"redis-server on {self.port}")
         return self
@@ -417,3 +421,34 @@ def read_queue(settings: Settings, queue: str, consume: bool = False) -> list[Qu
             out.append(Queued(props.headers or {}, body, props.content_type))
     finally:
         conn.close()  # what was not acknowledged goes back to the queue
+
+
+# -- second hostile-input round: processes' memory, rest's stderr ---------------------------
+
+def gunicorn_workers(master_pid: int) -> list[int]:
+    """The pids of a gunicorn master's worker processes."""
+    return [int(p) for p in
+            Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()]
+
+
+def memory_kib(pid: int, field: str = "VmHWM") -> int:
+    """A process's resident memory: VmHWM (its peak so far) or VmRSS (now), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def start_rest_logged(env: Env, stderr: Path, **extra: str) -> str:
+    """env.start_rest, with rest's stderr (its log lines) written to `stderr`."""
+    port = free_port()
+    out = stderr.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "rest"], cwd=ROOT, stderr=out,
+                            env=env.environ(PORT=str(port), **extra))
+    out.close()
+    env.procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _http_ok(url + "/healthz") or proc.poll() is not None, 30,
+               "rest to answer /healthz")
+    assert proc.poll() is None, "rest exited at start-up"
+    return url
