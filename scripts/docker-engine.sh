@@ -116,6 +116,10 @@ stop() {
             return 1
         fi
     done
+    # dockerd keeps its default network namespace mounted after it exits: release it.
+    if mountpoint -q "$RUNTIME_ROOT/netns/default" 2>/dev/null; then
+        umount "$RUNTIME_ROOT/netns/default"
+    fi
     rm -f "$PIDFILE"
     echo "docker engine: stopped"
 }

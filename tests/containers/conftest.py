@@ -59,6 +59,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 # -- what the session measured, printed at the end (and kept in .run/containers/) ----------
 
 REPORT: list[str] = []
+STARTS: list[float] = []  # seconds from `docker run` to every container ready, per deployment
 
 
 def report(line: str) -> None:
@@ -66,6 +67,9 @@ def report(line: str) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if STARTS:
+        report(f"deployments: {len(STARTS)}, each ready (every readiness probe passing) in "
+               f"{min(STARTS):.1f}-{max(STARTS):.1f} s")
     if not REPORT:
         return
     terminalreporter.section("container test measurements")
@@ -88,9 +92,14 @@ def engine_processes() -> set[int]:
     return pids
 
 
+def engine_mounts() -> set[str]:
+    return {line for line in Path("/proc/self/mounts").read_text().splitlines()
+            if "/run/docker/" in line or "/var/lib/docker/" in line}
+
+
 @pytest.fixture(scope="session")
 def docker() -> Iterator[Docker]:
-    before = engine_processes()
+    before, mounts_before = engine_processes(), engine_mounts()
     client = Docker() if Path(ENGINE).exists() else None
     started = client is None or not client.answers()
     if started:
@@ -117,6 +126,8 @@ def docker() -> Iterator[Docker]:
         assert result.returncode == 0, f"{ENGINE} stop:\n{result.stdout}{result.stderr}"
         left = engine_processes() - before
         assert not left, f"engine processes left behind: {sorted(left)}"
+        mounts = engine_mounts() - mounts_before
+        assert not mounts, f"the engine left mounts behind: {sorted(mounts)}"
     assert not leftovers, f"containers left behind by the tests: {leftovers}"
 
 
@@ -210,7 +221,9 @@ def deploy(docker: Docker, images: Images, specs: dict[str, PodSpec],
         deployment = Deployment(docker, specs, SESSION, overrides, ARTIFACTS / "logs",
                                 user, forwarder)
         made.append((deployment, vhost, user, forwarder))
+        start = time.monotonic()
         deployment.start_all({"logs": {"RABBITMQ_PORT": str(forwarder.port)}}, workers)
+        STARTS.append(time.monotonic() - start)
         return deployment
 
     yield make
