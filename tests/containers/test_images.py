@@ -151,8 +151,8 @@ def test_the_images_run_python_3_11_from_the_official_image_s_paths_as_uid_10001
 
 def test_the_readme_states_the_measured_sizes(docker: Docker, images: Images) -> None:
     readme = (ROOT / "README.md").read_text()
-    stated = re.search(r"virtualenv layer is \*\*(\d+) MB\*\* and each image \*\*(\d+) MB\*\*",
-                       readme)
+    stated = re.search(r"virtualenv layer is\s+\*\*(\d+) MB\*\*\s+and each\s+image\s+"
+                       r"\*\*(\d+) MB\*\*", readme)
     assert stated, "README: the measured sizes sentence is missing"
     _, venv = docker.venv_layer(images.worker)
     image = max(docker.inspect(t)[0]["Size"] for t in (images.rest, images.worker))
