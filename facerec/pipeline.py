@@ -23,7 +23,7 @@ from facerec import faces as face_ops
 from facerec import metrics
 from facerec.errors import ImageStoreUnavailable, RedisUnavailable
 from facerec.imagestore import ImageStore, InlineStore, check_ref
-from facerec.matcher import FaceIndex
+from facerec.matcher import FaceIndex, RedisVectors, release_free_heap
 from facerec.messages import ImageMessage
 from facerec.retry import Backoff, retry
 from facerec.settings import Settings
@@ -62,7 +62,9 @@ class Processor:
         self.settings = settings
         self.store = store
         self.images = images or InlineStore()
-        self.index = FaceIndex()
+        # The index holds 96-byte codes per face; the full vectors stay in Redis and only a
+        # search's few candidates are read back (facerec.matcher.RedisVectors).
+        self.index = FaceIndex(vectors=RedisVectors(store.encoding_blobs))
         self.erased = 0  # erasures of the face log applied to the index
         # The index is read by searches on another thread while the image thread commits:
         # every use of it holds this lock (a commit holds it for its Redis round trips only,
@@ -97,7 +99,11 @@ class Processor:
                 self.index.clear()
                 self.index.epoch = state.epoch
                 self.erased = 0
-            self.index.extend(self.store.face_log_since(self.index.version))
+            loaded = 0
+            for hashes, blobs in self.store.face_log_batches(self.index.version):
+                loaded += self.index.extend_blobs(hashes, blobs)
+            if loaded > 100_000:
+                release_free_heap()  # the batches' buffers, returned to the OS
             # Positions beyond what was just loaded are ignored by remove(): they arrive
             # later as tombstones. Either way they count as seen.
             positions = self.store.erasures_since(self.erased)
@@ -173,8 +179,8 @@ class Processor:
         with self.index_lock:
             self.sync()
             with metrics.MATCH_SECONDS.time():
-                per_face = [self.index.search(face[None, :], tolerance)
-                            for face in found.encodings]
+                per_face = self.with_retry("search", lambda: self.index.search_each(
+                    found.encodings, tolerance))
         return [sorted(matches.values(), key=lambda m: (m.distance, m.image_hash))[:limit]
                 for matches in per_face]
 
@@ -197,9 +203,9 @@ class Processor:
         while True:
             searched_to = self.index.n_faces
             with metrics.MATCH_SECONDS.time():
-                outcome.matches.update(self.index.search(
-                    found.encodings, self.settings.match_tolerance, exclude=h,
-                    start_face=searched_from))
+                outcome.matches.update(self.with_retry("match", functools.partial(
+                    self.index.search, found.encodings, self.settings.match_tolerance,
+                    exclude=h, start_face=searched_from)))
             result = self.with_retry("commit", functools.partial(
                 self.store.commit, h, [name], found.encodings, found.boxes,
                 list(outcome.matches.values()), self.state, ticket))

@@ -557,6 +557,25 @@ class Store:
                 start = end
             version += len(hashes)
 
+    def face_log_batches(self, version: int, batch: int = 10_000
+                         ) -> Iterator[tuple[list[str], list[bytes]]]:
+        """The face log from position `version` on, in batches of (hashes, blobs): an
+        erased entry is ("", b""). What the index loads (FaceIndex.extend_blobs)."""
+        while True:
+            hashes, blobs = self._log_batch(version, batch)
+            if not hashes:
+                return
+            yield hashes, blobs
+            version += len(hashes)
+
+    @_translated
+    def encoding_blobs(self, image_hashes: list[str]) -> list[bytes | None]:
+        """The stored encodings of these images (None for one that is gone), in one MGET:
+        how a worker's index re-checks its candidates without holding the vectors."""
+        if not image_hashes:
+            return []
+        return cast(list[bytes | None], self._encodings.mget(image_hashes))
+
     @_translated
     def _log_batch(self, version: int, batch: int) -> tuple[list[str], list[bytes]]:
         hashes = cast(list[str], self._db[META].lrange(FACE_LOG, version, version + batch - 1))
