@@ -468,6 +468,12 @@ def load_models() -> None:
     _face_recognition()
 
 
+# face_recognition's models are module-wide dlib objects that are not safe to use from two
+# threads at once (a worker's image thread and its search thread crashed the process with
+# "double free or corruption"): one detection or encoding at a time per process.
+_DLIB = threading.Lock()
+
+
 def find_faces(rgb: np.ndarray, model: str, max_side: int, upsample: int) -> Faces:
     """Detect on a copy scaled to at most `max_side` pixels, encode at full resolution."""
     fr = _face_recognition()
@@ -479,13 +485,14 @@ def find_faces(rgb: np.ndarray, model: str, max_side: int, upsample: int) -> Fac
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR,
                                                        reducing_gap=2.0))
-    found = fr.face_locations(small, number_of_times_to_upsample=upsample, model=model)
-    boxes: list[Box] = []
-    for top, right, bottom, left in found:
-        boxes.append((max(0, round(top / scale)), min(width, round(right / scale)),
-                      min(height, round(bottom / scale)), max(0, round(left / scale))))
-    if not boxes:
-        return Faces([], np.empty((0, ENCODING_DIM), dtype=ENCODING_DTYPE))
-    encodings = np.asarray(fr.face_encodings(rgb, known_face_locations=boxes),
-                           dtype=ENCODING_DTYPE)
+    with _DLIB:
+        found = fr.face_locations(small, number_of_times_to_upsample=upsample, model=model)
+        boxes: list[Box] = []
+        for top, right, bottom, left in found:
+            boxes.append((max(0, round(top / scale)), min(width, round(right / scale)),
+                          min(height, round(bottom / scale)), max(0, round(left / scale))))
+        if not boxes:
+            return Faces([], np.empty((0, ENCODING_DIM), dtype=ENCODING_DTYPE))
+        encodings = np.asarray(fr.face_encodings(rgb, known_face_locations=boxes),
+                               dtype=ENCODING_DTYPE)
     return Faces(boxes, encodings)
