@@ -10,7 +10,9 @@ and README; the tests check the answers the bounds give (never a wall-clock time
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -342,6 +344,53 @@ def test_a_stored_image_is_served_as_an_attachment_that_is_never_sniffed(
     assert reply.headers["X-Content-Type-Options"] == "nosniff"
     assert reply.headers["Content-Disposition"] == f'attachment; filename="{h}.jpg"'
     assert reply.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+
+
+def test_make_down_stops_what_make_up_started_and_leaves_a_reused_pid_alone(
+        tmp_path: Path) -> None:
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    for script in ("down.sh", "services.sh"):
+        shutil.copy(ROOT / "scripts" / script, root / "scripts" / script)
+    run = root / ".run"
+    run.mkdir()
+    for module in ("logs", "worker"):  # stand-ins for python -m logs / worker: they wait
+        (root / module).mkdir()
+        (root / module / "__main__.py").write_text("import time\ntime.sleep(300)\n")
+    procs = []
+
+    def start(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+        procs.append(subprocess.Popen(cmd, cwd=cwd))
+        return procs[-1]
+    try:
+        hour_ago = time.time() - 3600
+        # A stale rest.pid whose pid is now an unrelated process elsewhere.
+        unrelated = start(["sleep", "300"], tmp_path)
+        (run / "rest.pid").write_text(f"{unrelated.pid}\n")
+        # A stale worker1.pid whose pid is now a process like ours, but started after it.
+        (run / "worker1.pid").write_text("0\n")
+        os.utime(run / "worker1.pid", (hour_ago, hour_ago))
+        late = start([sys.executable, "-m", "worker"], root)
+        (run / "worker1.pid").write_text(f"{late.pid}\n")
+        os.utime(run / "worker1.pid", (hour_ago, hour_ago))
+        # What make up started: its pid file written just after it.
+        logs = start([sys.executable, "-m", "logs"], root)
+        (run / "logs.pid").write_text(f"{logs.pid}\n")
+        # Reaped as soon as it exits, as init reaps what make up started (nohup, no parent).
+        threading.Thread(target=logs.wait, daemon=True).start()
+        wait_until(lambda: all(Path(f"/proc/{p.pid}/cmdline").read_bytes().count(b"-m")
+                               for p in (late, logs)), 30, "the stand-ins to start")
+        out = subprocess.run(["bash", str(root / "scripts" / "down.sh")], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
+        assert logs.wait(30) is not None and "logs: stopped" in out
+        assert unrelated.poll() is None and late.poll() is None, out
+        assert "rest: pid" in out and "left alone" in out
+        assert list(run.glob("*.pid")) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 # -- 11. slow clients cannot take liveness or every thread ------------------------------------
