@@ -498,6 +498,7 @@ class Consumer:
         self._on_dead = on_dead
         self._requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         self._busy = 0
+        self._tag: str | None = None  # the image consumer's, while consuming
 
     def run(self) -> None:
         """Consume until `stopping` is set and the current delivery is settled."""
@@ -520,8 +521,8 @@ class Consumer:
         connection, channel = connect(self._settings, "facerec-worker")
         try:
             channel.basic_qos(prefetch_count=self._settings.prefetch)
-            tag: str | None = channel.basic_consume(
-                self._queue, partial(self._on_message, connection))
+            self._tag = channel.basic_consume(self._queue,
+                                              partial(self._on_message, connection))
             requests: BlockingChannel | None = None
             if self._respond is not None or self._on_dead is not None:
                 requests = connection.channel()
@@ -534,9 +535,8 @@ class Consumer:
             self._on_consume()
             while not self._stopping.is_set() or self._busy:
                 self._tick()
-                if self._stopping.is_set() and tag is not None:
-                    channel.basic_cancel(tag)
-                    tag = None
+                if self._stopping.is_set():
+                    self._cancel(channel)
                     if requests is not None:
                         requests.close()  # unanswered requests go to another worker
                         requests = None
@@ -598,11 +598,21 @@ class Consumer:
                 headers=dict(reply.headers)))
         channel.basic_ack(tag)
 
+    def _cancel(self, channel: BlockingChannel) -> None:
+        """Stop receiving images (before settling the last one when stopping: an ack frees
+        the prefetch slot, and a message sent into it would come back as a redelivery,
+        costing an image it never saw one of its attempts)."""
+        if self._tag is not None and channel.is_open:
+            channel.basic_cancel(self._tag)
+        self._tag = None
+
     def _settle(self, channel: BlockingChannel, tag: int, delivery: Delivery,
                 future: Future[Verdict]) -> None:
         self._busy = max(0, self._busy - 1)
         if not channel.is_open:
             return  # RabbitMQ redelivers it
+        if self._stopping.is_set():
+            self._cancel(channel)
         try:
             verdict = future.result()
         except Exception as exc:  # noqa: BLE001 - a handler bug must not lose the message
@@ -626,10 +636,13 @@ def subscribe(settings: Settings, pattern: str, on_message: Callable[[str, bytes
         try:
             name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(name, LOG_EXCHANGE, routing_key=pattern)
-            channel.basic_consume(name, lambda _ch, method, _props, body: on_message(
-                method.routing_key, body), auto_ack=True)
+            def deliver(_ch: BlockingChannel, method: pika.spec.Basic.Deliver,
+                        _props: pika.BasicProperties, body: bytes) -> None:
+                if not stop.is_set():  # once asked to stop, the backlog is not printed
+                    on_message(method.routing_key, body)
+            channel.basic_consume(name, deliver, auto_ack=True)
             while not stop.is_set():
-                connection.process_data_events(time_limit=0.25)
+                connection.process_data_events(time_limit=0.1)
         finally:
             _close_quietly(connection)
     try:
