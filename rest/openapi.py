@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from facerec import __version__
@@ -234,3 +235,12 @@ SPEC: dict[str, Any] = {
                                          "distance": {"type": "number", "nullable": True}}}}}},
     }},
 }
+
+
+def document(match_tolerance: float) -> dict[str, Any]:
+    """SPEC for a service whose MATCH_TOLERANCE is this: /match's tolerance may not exceed it."""
+    spec = copy.deepcopy(SPEC)
+    for parameter in spec["paths"]["/match/{image_hash}"]["get"]["parameters"]:
+        if parameter["name"] == "tolerance":
+            parameter["schema"]["maximum"] = match_tolerance
+    return spec

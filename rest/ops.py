@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify
 from facerec import metrics
 from facerec.errors import RedisUnavailable
 from rest.access import OPEN, needs
-from rest.openapi import SPEC
+from rest.openapi import document
 from rest.services import services
 
 bp = Blueprint("ops", __name__)
@@ -41,7 +41,7 @@ def readyz() -> tuple[Response, int]:
 @bp.get("/openapi.json")
 @needs(OPEN)
 def openapi() -> Response:
-    return jsonify(SPEC)
+    return jsonify(document(services().settings.match_tolerance))
 
 
 @bp.get("/metrics")

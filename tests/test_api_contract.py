@@ -9,7 +9,7 @@ from pathlib import Path
 
 from openapi_spec_validator import validate
 
-from tests.services import Env, http
+from tests.services import FACES, Env, http, wait_until
 
 RUNS = {
     # Every check, on every operation but the two that take a body needing real content.
@@ -39,6 +39,12 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
         env: Env, tmp_path: Path) -> None:
     # With credentials configured, as a deployment has them: the full one is sent.
     rest = env.start_rest(API_KEYS="contract:full:contract-secret,r:read:read-secret-1")
+    # A worker, so that POST /search is answered (with none it is a documented 503).
+    env.start_worker()
+    photo = (FACES / "obama/obama_small.jpg").read_bytes()
+    auth = {"Authorization": "Bearer contract-secret"}
+    wait_until(lambda: http("POST", f"{rest}/search", photo, headers=auth).status == 200, 120,
+               "the worker to serve searches")
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert exe, "schemathesis is not installed (requirements/test.txt)"
     config = Path(__file__).with_name("schemathesis.toml")
