@@ -205,9 +205,12 @@ def test_removing_names_keeps_an_image_until_its_last_name_goes(env: Env) -> Non
         assert http("DELETE", f"{rest}/name/a.jpg").status == 404
 
 
-def test_each_erasure_is_logged_with_the_credential_id_and_counted(env: Env) -> None:
-    listener = subprocess.Popen([sys.executable, "-m", "logs", "--pattern", "*.rest.info"],
-                                cwd=ROOT, env=env.environ(), stdout=subprocess.PIPE, text=True)
+def test_each_erasure_is_logged_with_the_credential_id_and_counted(
+        env: Env, tmp_path: Path) -> None:
+    printed = tmp_path / "logs.txt"
+    with open(printed, "wb") as sink:
+        listener = subprocess.Popen([sys.executable, "-m", "logs", "--pattern", "*.rest.info"],
+                                    cwd=ROOT, env=env.environ(), stdout=sink)
     env.procs.append(listener)
     secret = "full-secret-123"
     rest = env.start_rest(API_KEYS=f"admin:full:{secret},viewer:read:read-secret-1")
@@ -221,8 +224,11 @@ def test_each_erasure_is_logged_with_the_credential_id_and_counted(env: Env) -> 
     assert http("DELETE", f"{rest}/image/{h}", headers=auth).status == 200
     metrics = http("GET", f"{rest}/metrics").body
     assert b'facerec_erasures_total{what="image"} 1.0' in metrics
+    # Log lines travel asynchronously: wait for the last one, then read everything.
+    wait_until(lambda: f"DELETE /image/{h} -> 200" in printed.read_text(), 30,
+               "the erasure's log lines")
     env.stop(listener)
-    out = listener.stdout.read() if listener.stdout else ""
+    out = printed.read_text()
     assert f"erased image {h} (by admin, image)" in out, out
     assert f"DELETE /image/{h} -> 200" in out and "by admin" in out
     assert secret not in out and "read-secret-1" not in out
