@@ -4,6 +4,8 @@ file of each format the limits allow.
 
     python bench/hostile_bounds.py                  the current facerec/faces.py
     python bench/hostile_bounds.py --ref 8bc240b    faces.py as of a commit (before/after)
+    python bench/hostile_bounds.py --service        a running rest: concurrent large uploads
+                                                    (peak memory) and slow clients (probes)
 
 Each case runs in a process of its own (so peaks do not mix); the peak is the growth of
 the process's resident high-water mark over its size before the call (VmHWM, reset
@@ -28,6 +30,8 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
 
 from tests import hostile  # noqa: E402
 
@@ -100,7 +104,12 @@ def run_case(name: str, ref: str | None) -> dict[str, object]:
     faces = _faces_module(ref)
     data = CASES[name]()
     result: dict[str, object] = {"bytes": len(data)}
-    result["check"] = _measure(lambda: faces.validate(data, MAX_PIXELS))
+    if hasattr(faces, "MemoryBudget"):  # as rest validates: within its decoder memory
+        from rest.scan import DECODE_MEMORY
+        budget = faces.MemoryBudget(DECODE_MEMORY)
+        result["check"] = _measure(lambda: faces.validate(data, MAX_PIXELS, budget))
+    else:
+        result["check"] = _measure(lambda: faces.validate(data, MAX_PIXELS))
     if result["check"]["outcome"] == "accepted":  # type: ignore[index]
         faces.load_models()
 
@@ -125,13 +134,92 @@ def _cell(m: dict[str, object] | None) -> str:
     return f"{short[:58]}; {m['seconds']:.2f} s; {m['peak_mib']:.0f} MiB"
 
 
+def _counts(codes: list[int]) -> str:
+    return ", ".join(f"{codes.count(c)}x {c or 'no answer'}" for c in sorted(set(codes)))
+
+
+def _service() -> None:
+    """rest under gunicorn (one process, 8 threads): the peak of concurrent worst-case
+    uploads, and /healthz and /match while slow clients hold every slot they can."""
+    import concurrent.futures
+    import socket
+
+    from bench.common import services
+    from tests.services import Reply, gunicorn_workers, memory_kib
+    from tests.services import http as plain_http
+
+    def http(*args: object, **kwargs: object) -> Reply:
+        try:
+            return plain_http(*args, **kwargs)  # type: ignore[arg-type]
+        except OSError:  # no answer within the timeout
+            return Reply(0, b"", {})
+
+    with services() as env:
+        rest = env.start_rest(WEB_CONCURRENCY="1", WEB_THREADS="8", FETCH_TIMEOUT="10",
+                              FETCH_ALLOW_NETWORKS="127.0.0.0/8")
+        (worker,) = gunicorn_workers(env.procs[0].pid)
+        print("| rest, 1 process x 8 threads | answers | time | process peak |")
+        print("|---|---|---|---|")
+        for label, make in (
+                ("8 concurrent PNG RGBA 5000x5000 (95 MiB each to validate)",
+                 lambda i: hostile.encode(Image.new("RGBA", (5000, 5000),
+                                                            (i, i, i, 255)), "PNG")),
+                ("8 concurrent lossless WebP 3500x3500 (187 MiB each)",
+                 lambda i: hostile.encode(Image.new("RGB", (3500, 3500), (i, i, i)),
+                                          "WEBP", lossless=True, method=0)),
+                ("8 concurrent lossless WebP 7000x7000 (750 MiB each)",
+                 lambda i: hostile.encode(Image.new("RGB", (7000, 7000), (i, i, i)),
+                                          "WEBP", lossless=True, method=0))):
+            bodies = [make(i) for i in range(8)]
+            Path(f"/proc/{worker}/clear_refs").write_text("5")
+            base = memory_kib(worker, "VmRSS")
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                codes = sorted(pool.map(lambda b: http("POST", f"{rest}/scan/image/x", b,
+                                                       timeout=300).status, bodies))
+            seconds = time.perf_counter() - start
+            peak = (memory_kib(worker) - base) / 1024
+            print(f"| {label} | {_counts(codes)}"
+                  f" | {seconds:.1f} s | +{peak:.0f} MiB |", flush=True)
+        port = int(rest.rsplit(":", 1)[1])
+        held = []
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /match/" + b"0" * 64 + b" HTTP/1.1\r\nX-Slow: ")
+            held.append(s)
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.jpg"
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            calls = [pool.submit(http, "POST", f"{rest}/scan/url", None, {"url": url}, None,
+                                 60) for _ in range(16)]
+            time.sleep(1)
+            for path in ("/healthz", f"/match/{'0' * 64}"):
+                start = time.perf_counter()
+                status = http("GET", f"{rest}{path}", timeout=20).status or "no answer"
+                print(f"| 40 trickled heads + 16 /scan/url to a silent server: GET "
+                      f"{path.split('/')[1]} | {status} | "
+                      f"{(time.perf_counter() - start) * 1000:.0f} ms | |", flush=True)
+            codes = sorted(c.result().status for c in calls)
+        print(f"| ... the 16 /scan/url | {_counts(codes)} | | |")
+        silent.close()
+        for s in held:
+            s.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", help="measure facerec/faces.py as of this git commit")
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--only", help="run the cases whose name contains this")
+    parser.add_argument("--service", action="store_true",
+                        help="measure a running rest instead (concurrency, slow clients)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.service:
+        _service()
+        return 0
     if args.case:
         print(json.dumps(run_case(args.case, args.ref)))
         return 0
