@@ -241,17 +241,19 @@ def test_request_paths_with_control_characters_are_escaped_in_every_log_line(
                                 cwd=ROOT, env=env.environ(), stdout=subprocess.PIPE,
                                 text=True)
     env.procs.append(listener)
+    received: list[str] = []
+    threading.Thread(target=lambda: received.extend(listener.stdout or ()),
+                     daemon=True).start()
     stderr = tmp_path / "rest.stderr"
     rest = start_rest_logged(env, stderr)
     forged = "2026-01-01 00:00:00,000 rest INFO DELETE /image/x -> 200 by admin"
     path = f"/nothing%0D%0A{forged.replace(' ', '%20')}%1B[2J%E2%80%A8end"
     assert http("GET", f"{rest}{path}").status == 404
     assert http("POST", f"{rest}/scan/image/a%0Ab.jpg", b"not an image").status == 404
-    wait_until(lambda: "end -> 404" in stderr.read_text(errors="replace"), 30,
-               "the request's log line")
-    time.sleep(1)  # the topic copy goes out from the broker's I/O thread
-    env.stop(listener)
-    topic = listener.stdout.read() if listener.stdout else ""
+    for where in (lambda: stderr.read_text(errors="replace"), lambda: "".join(received)):
+        wait_until(lambda w=where: "end -> 404" in w() and "b.jpg -> 404" in w(), 30,
+                   "the requests' log lines")
+    topic = "".join(received)
     for text in (stderr.read_text(errors="replace"), topic):
         assert "\\r\\n2026-01-01 00:00:00,000 rest INFO DELETE" in text, text
         assert "\\x1b[2J" in text and "\\u2028end" in text and "a\\nb.jpg" in text
