@@ -33,7 +33,8 @@ _UNAUTHORIZED = {"401": _error("credentials are configured and none (or a wrong 
 _FORBIDDEN = {"403": _error("a read-only credential, or a write sent by another site's page "
                             "without a credential")}
 _AUTH_AND_BROKER = {**_UNAUTHORIZED, **_FORBIDDEN,
-                    "503": _error("RabbitMQ or Redis unavailable; nothing was queued")}
+                    "503": _error("RabbitMQ or Redis unavailable, or every slot for slow "
+                                  "work busy; nothing was queued")}
 # Who may call an operation (rest.access): nobody needs a credential for OPEN ones; with
 # credentials configured, READ needs any, FULL a full-scope one.
 _OPEN: dict[str, Any] = {"security": []}
@@ -84,6 +85,7 @@ SPEC: dict[str, Any] = {
             "responses": {"200": _SCANNED,
                           "409": _error("the image has as many names as one may have"),
                           "400": _error("empty body, or not a decodable JPEG/PNG/WebP/BMP/TIFF"),
+                          "408": _error("the body arrived too slowly"),
                           "413": _error("larger than MAX_UPLOAD_BYTES"),
                           **_URI_TOO_LONG, **_AUTH_AND_BROKER}}},
         "/scan/url": {"post": {
@@ -97,7 +99,9 @@ SPEC: dict[str, Any] = {
                           "409": _error("the image has as many names as one may have"),
                           "400": _error("missing or malformed URL, scheme not http(s), or a "
                                         "host that resolves to a non-public address"),
-                          "413": _error("request body larger than MAX_UPLOAD_BYTES"),
+                          "408": _error("the body arrived too slowly"),
+                          "413": _error("request body larger than MAX_UPLOAD_BYTES, or JSON "
+                                        "over 16 KiB"),
                           "422": _error("the URL could not be fetched or is not an image"),
                           **_AUTH_AND_BROKER}}},
         "/match/{image_hash}": {"get": {
