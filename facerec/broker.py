@@ -544,15 +544,23 @@ class Consumer:
         finally:
             _close_quietly(connection)
 
+    @staticmethod
+    def _dispatch(connection: pika.BlockingConnection, executor: ThreadPoolExecutor,
+                  work: Callable[[Delivery], T], delivery: Delivery,
+                  settle: Callable[[Future[T]], None]) -> None:
+        """Run work(delivery) on `executor`; settle its future back on the I/O thread."""
+        future = executor.submit(work, delivery)
+        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
+            partial(settle, f)))
+
     def _on_message(self, connection: pika.BlockingConnection, channel: BlockingChannel,
                     method: pika.spec.Basic.Deliver, props: pika.BasicProperties,
                     body: bytes) -> None:
         self._busy += 1
         delivery = Delivery(props.headers, props.content_type, body,
                             delivery_attempt(props.headers))
-        future = self._executor.submit(self._handle, delivery)
-        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
-            partial(self._settle, channel, method.delivery_tag, delivery, f)))
+        self._dispatch(connection, self._executor, self._handle, delivery,
+                       partial(self._settle, channel, method.delivery_tag, delivery))
 
     def _on_request(self, connection: pika.BlockingConnection, channel: BlockingChannel,
                     method: pika.spec.Basic.Deliver, props: pika.BasicProperties,
@@ -561,9 +569,8 @@ class Consumer:
         delivery = Delivery(props.headers, props.content_type, body,
                             delivery_attempt(props.headers), props.reply_to,
                             props.correlation_id)
-        future = self._requests.submit(self._respond, delivery)
-        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
-            partial(self._answer, channel, method.delivery_tag, delivery, f)))
+        self._dispatch(connection, self._requests, self._respond, delivery,
+                       partial(self._answer, channel, method.delivery_tag, delivery))
 
     def _on_dead_event(self, connection: pika.BlockingConnection, channel: BlockingChannel,
                        method: pika.spec.Basic.Deliver, props: pika.BasicProperties,
@@ -571,17 +578,18 @@ class Consumer:
         assert self._on_dead is not None
         delivery = Delivery(props.headers, props.content_type, b"",
                             delivery_attempt(props.headers))
-        future = self._requests.submit(self._on_dead, delivery)
+        self._dispatch(connection, self._requests, self._on_dead, delivery,
+                       partial(self._noted, channel, method.delivery_tag))
 
-        def settle(f: Future[None]) -> None:
-            if not channel.is_open:
-                return
-            if f.exception() is None:
-                channel.basic_ack(method.delivery_tag)
-            else:
-                channel.basic_nack(method.delivery_tag, requeue=True)
-        future.add_done_callback(lambda f: connection.add_callback_threadsafe(
-            partial(settle, f)))
+    @staticmethod
+    def _noted(channel: BlockingChannel, tag: int, future: Future[None]) -> None:
+        """A dead event: acknowledged once handled, returned to its queue if that failed."""
+        if not channel.is_open:
+            return
+        if future.exception() is None:
+            channel.basic_ack(tag)
+        else:
+            channel.basic_nack(tag, requeue=True)
 
     def _answer(self, channel: BlockingChannel, tag: int, delivery: Delivery,
                 future: Future[Reply]) -> None:
