@@ -541,21 +541,13 @@ class Store:
         are joined and decoded at once: the encodings yielded are views into one read-only
         batch array, so loading costs no numpy call per image.
         """
-        none = np.empty((0, ENCODING_DIM), dtype=ENCODING_DTYPE)
-        while True:
-            hashes, blobs = self._log_batch(version, batch)
-            if not hashes:
-                return
+        for hashes, blobs in self.face_log_batches(version, batch):
             faces = encodings_from_bytes(b"".join(blobs))
             start = 0
             for h, blob in zip(hashes, blobs, strict=True):
-                if not h:
-                    yield "", none
-                    continue
-                end = start + len(blob) // FACE_BYTES
+                end = start + len(blob) // FACE_BYTES  # a tombstone's blob is empty
                 yield h, faces[start:end]
                 start = end
-            version += len(hashes)
 
     def face_log_batches(self, version: int, batch: int = 10_000
                          ) -> Iterator[tuple[list[str], list[bytes]]]:
