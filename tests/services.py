@@ -268,10 +268,14 @@ class Env:
     def worker_metrics_port(self, proc: subprocess.Popen[bytes]) -> int:
         return self._metrics_ports[proc.pid]
 
-    def start_rest(self, **extra: str) -> str:
+    def start_rest(self, stderr: Path | None = None, **extra: str) -> str:
+        """rest under gunicorn on a free port (its stderr, its log lines, to `stderr`)."""
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "rest"], cwd=ROOT,
+        out = stderr.open("wb") if stderr is not None else None
+        proc = subprocess.Popen([sys.executable, "-m", "rest"], cwd=ROOT, stderr=out,
                                 env=self.environ(PORT=str(port), **extra))
+        if out is not None:
+            out.close()
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _http_ok(url + "/healthz") or proc.poll() is not None, 30,
@@ -321,6 +325,28 @@ def _http_ok(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+@contextmanager
+def shared_rest(redis_server: RedisServer, vhost: Vhost, **extra: str
+                ) -> Iterator[tuple[Env, str]]:
+    """One rest process for a module's many refusals (starting one per case is slow)."""
+    env = Env(Settings.from_env({}, redis_port=redis_server.port, rabbitmq_vhost=vhost.name),
+              redis_server)
+    try:
+        yield env, env.start_rest(**extra)
+    finally:
+        env.stop_all()
+
+
+@contextmanager
+def nothing_kept(env: Env) -> Iterator[None]:
+    """Empty databases and queues; afterwards, nothing queued or recorded (a refusal)."""
+    env.redis.flush()
+    reset_vhost(env.settings)
+    yield
+    assert env.queue_depth() == 0, "a refused request was queued"
+    assert env.statuses() == {}, "a refused request was recorded"
 
 
 def reset_vhost(settings: Settings) -> None:
@@ -437,18 +463,3 @@ def memory_kib(pid: int, field: str = "VmHWM") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for pid {pid}")
-
-
-def start_rest_logged(env: Env, stderr: Path, **extra: str) -> str:
-    """env.start_rest, with rest's stderr (its log lines) written to `stderr`."""
-    port = free_port()
-    out = stderr.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "rest"], cwd=ROOT, stderr=out,
-                            env=env.environ(PORT=str(port), **extra))
-    out.close()
-    env.procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _http_ok(url + "/healthz") or proc.poll() is not None, 30,
-               "rest to answer /healthz")
-    assert proc.poll() is None, "rest exited at start-up"
-    return url

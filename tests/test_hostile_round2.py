@@ -30,7 +30,6 @@ from facerec import faces
 from facerec.deadletters import list_dead
 from facerec.errors import InvalidImage
 from facerec.messages import ImageMessage, is_image_hash, sha256_hex
-from facerec.settings import Settings
 from rest.scan import DECODE_MEMORY
 from tests import hostile
 from tests.hostile import encode, photo, png_chunk
@@ -43,9 +42,9 @@ from tests.services import (
     gunicorn_workers,
     http,
     memory_kib,
+    nothing_kept,
     publish_raw,
-    reset_vhost,
-    start_rest_logged,
+    shared_rest,
     wait_until,
 )
 
@@ -56,21 +55,15 @@ MAX_PIXELS = 50_000_000
 @pytest.fixture(scope="module")
 def rest_server(redis_server: RedisServer, vhost: Vhost) -> Iterator[tuple[Env, str]]:
     """One rest process (default limits: 20 MB uploads, 50 M pixels) for the refusals."""
-    settings = Settings.from_env({}, redis_port=redis_server.port, rabbitmq_vhost=vhost.name)
-    env = Env(settings, redis_server)
-    url = env.start_rest(WEB_CONCURRENCY="1")
-    yield env, url
-    env.stop_all()
+    with shared_rest(redis_server, vhost, WEB_CONCURRENCY="1") as server:
+        yield server
 
 
 @pytest.fixture
 def rest(rest_server: tuple[Env, str]) -> Iterator[str]:
     env, url = rest_server
-    env.redis.flush()
-    reset_vhost(env.settings)
-    yield url
-    assert env.queue_depth() == 0, "a refused request was queued"
-    assert env.statuses() == {}, "a refused request was recorded"
+    with nothing_kept(env):
+        yield url
 
 
 def rest_process(rest_server: tuple[Env, str]) -> int:
@@ -245,7 +238,7 @@ def test_request_paths_with_control_characters_are_escaped_in_every_log_line(
     threading.Thread(target=lambda: received.extend(listener.stdout or ()),
                      daemon=True).start()
     stderr = tmp_path / "rest.stderr"
-    rest = start_rest_logged(env, stderr)
+    rest = env.start_rest(stderr)
     forged = "2026-01-01 00:00:00,000 rest INFO DELETE /image/x -> 200 by admin"
     path = f"/nothing%0D%0A{forged.replace(' ', '%20')}%1B[2J%E2%80%A8end"
     assert http("GET", f"{rest}{path}").status == 404

@@ -25,7 +25,6 @@ from PIL import Image
 from facerec import broker as amqp
 from facerec.deadletters import list_dead
 from facerec.messages import CONTENT_TYPE, ImageMessage, sha256_hex
-from facerec.settings import Settings
 from tests.services import (
     FACES,
     ROOT,
@@ -33,8 +32,9 @@ from tests.services import (
     RedisServer,
     Vhost,
     http,
+    nothing_kept,
     publish_raw,
-    reset_vhost,
+    shared_rest,
     wait_until,
 )
 
@@ -69,22 +69,15 @@ def gunicorn_peak_rss_kib(master_pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def rest_server(redis_server: RedisServer, vhost: Vhost) -> Iterator[tuple[Env, str]]:
-    """One rest process for the module's refusals (starting one per case is slow)."""
-    settings = Settings.from_env({}, redis_port=redis_server.port, rabbitmq_vhost=vhost.name)
-    env = Env(settings, redis_server)
-    url = env.start_rest(MAX_UPLOAD_BYTES=str(CAP))
-    yield env, url
-    env.stop_all()
+    with shared_rest(redis_server, vhost, MAX_UPLOAD_BYTES=str(CAP)) as server:
+        yield server
 
 
 @pytest.fixture
 def rest(rest_server: tuple[Env, str]) -> Iterator[str]:
     env, url = rest_server
-    env.redis.flush()
-    reset_vhost(env.settings)
-    yield url
-    assert env.queue_depth() == 0, "a refused upload was queued"
-    assert env.statuses() == {}, "a refused upload was recorded"
+    with nothing_kept(env):
+        yield url
 
 
 # -- formats ------------------------------------------------------------------------------
