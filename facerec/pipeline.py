@@ -33,7 +33,7 @@ T = TypeVar("T")
 # Outages waited out in place: they say nothing about the image, so they use no attempt.
 WAITED_OUT = (RedisUnavailable, ImageStoreUnavailable)
 # Called at the named points of processing ("before_commit", "after_commit") with the
-# message: the way tests inject faults (tests/faults.py). Production installs none.
+# message: the way tests inject faults (tests/fault_worker.py). Production installs none.
 Hook = Callable[[str, ImageMessage], None]
 
 

@@ -46,10 +46,7 @@ class SearchHandler:
             found = faces.find_faces(rgb, self.settings.detection_model,
                                      self.settings.detect_max_side, self.settings.detect_upsample)
             per_face = self.processor.search(found, tolerance, limit)
-        except InvalidImage as exc:
-            metrics.SEARCHES.labels("invalid").inc()
-            return Reply(json.dumps({"error": str(exc)}).encode(), {"status": "invalid"})
-        except ValueError as exc:
+        except (InvalidImage, ValueError) as exc:  # bytes or parameters the asker got wrong
             metrics.SEARCHES.labels("invalid").inc()
             return Reply(json.dumps({"error": str(exc)}).encode(), {"status": "invalid"})
         answer = {"schema": SEARCH_SCHEMA, "faces": [
