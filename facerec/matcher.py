@@ -680,10 +680,11 @@ class FaceIndex:
             rows, cols = rows[keep], cols[keep]
         else:
             odd = np.empty(0, dtype=np.int64)
-        self._recheck(rows, cols, faces, tolerance, exclude, best, from_source=True)
+        faces_at = usable.tolist()
+        self._recheck(rows, cols, faces, tolerance, exclude, best, True, faces_at)
         if len(odd):
             self._recheck(np.repeat(odd, len(faces)), np.tile(np.arange(len(faces)), len(odd)),
-                          faces, tolerance, exclude, best, from_source=False)
+                          faces, tolerance, exclude, best, False, faces_at)
         return per_face
 
     def _candidates(self, queries: np.ndarray, limits: np.ndarray, lo: int
@@ -710,8 +711,9 @@ class FaceIndex:
 
     def _recheck(self, rows: np.ndarray, cols: np.ndarray, faces: np.ndarray,
                  tolerance: float, exclude: str, best: list[dict[str, Match]],
-                 from_source: bool) -> None:
-        """Measure candidate pairs exactly and keep the best match per image and face."""
+                 from_source: bool, faces_at: list[int]) -> None:
+        """Measure candidate pairs exactly and keep the best match per image and face
+        (faces_at: each searched face's position among the faces asked about)."""
         if not len(rows):
             return
         images, positions = self._owners(rows)
@@ -736,6 +738,7 @@ class FaceIndex:
                 sel = cols == col
                 dist[sel] = exact_distances(vectors[sel], faces[col])
         for i in np.flatnonzero(dist <= tolerance).tolist():
-            h, d, found = hashes[i], float(dist[i]), best[int(cols[i])]
+            col = int(cols[i])
+            h, d, found = hashes[i], float(dist[i]), best[col]
             if h not in found or d < found[h].distance:
-                found[h] = Match(h, d)
+                found[h] = Match(h, d, face=faces_at[col], stored_face=int(positions[i]))

@@ -199,16 +199,24 @@ class Processor:
         """
         start = time.monotonic() if start is None else start
         outcome = Outcome(h, "processed", boxes=found.boxes)
+        # Per face of this image, its best match in each stored image (which face matched
+        # which is stored too, and places the faces in people).
+        per_face: list[dict[str, Match]] = [{} for _ in found.boxes]
         searched_from = 0
         while True:
             searched_to = self.index.n_faces
             with metrics.MATCH_SECONDS.time():
-                outcome.matches.update(self.with_retry("match", functools.partial(
-                    self.index.search, found.encodings, self.settings.match_tolerance,
-                    exclude=h, start_face=searched_from)))
+                delta = self.with_retry("match", functools.partial(
+                    self.index.search_each, found.encodings, self.settings.match_tolerance,
+                    exclude=h, start_face=searched_from))
+            for best, more in zip(per_face, delta, strict=True):
+                for other, m in more.items():
+                    if other not in best or m.distance < best[other].distance:
+                        best[other] = m
+            pairs = [m for best in per_face for m in best.values()]
             result = self.with_retry("commit", functools.partial(
-                self.store.commit, h, [name], found.encodings, found.boxes,
-                list(outcome.matches.values()), self.state, ticket))
+                self.store.commit, h, [name], found.encodings, found.boxes, pairs,
+                self.state, ticket))
             if result.status == "ok":
                 self.index.add(h, found.encodings)
                 break
@@ -227,9 +235,14 @@ class Processor:
                            h, self.index.version, result.version)
             if self.sync():
                 searched_from = 0  # forget matches to images the index no longer has
-                outcome.matches.clear()
+                for best in per_face:
+                    best.clear()
             else:
                 searched_from = searched_to
+        for best in per_face:
+            for other, m in best.items():
+                if other not in outcome.matches or m.distance < outcome.matches[other].distance:
+                    outcome.matches[other] = m
         outcome.seconds = time.monotonic() - start
         metrics.IMAGES.labels("processed").inc()
         metrics.FACES_FOUND.inc(len(found.boxes))

@@ -42,6 +42,9 @@ class Settings:
     web_threads: int = 8
 
     match_tolerance: float = 0.6
+    # Faces closer than this (and this close to the person's centroid) are one person;
+    # MATCH_TOLERANCE if that is lower, since people are built from the matches.
+    people_tolerance: float = 0.55
     # The longest a search (POST /search) may wait for a worker's answer, in seconds.
     search_timeout: float = 10.0
     detection_model: str = "hog"
@@ -105,6 +108,8 @@ class Settings:
             raise ValueError(f"DETECTION_MODEL must be hog or cnn, not {self.detection_model!r}")
         if not 0 < self.match_tolerance < 2:
             raise ValueError("MATCH_TOLERANCE must be in (0, 2)")
+        if not 0 < self.people_tolerance < 2:
+            raise ValueError("PEOPLE_TOLERANCE must be in (0, 2)")
         if not 0 < self.search_timeout <= 600:
             raise ValueError("SEARCH_TIMEOUT must be in (0, 600] seconds")
         if not 1 <= self.max_deliveries <= DELIVERY_CEILING:

@@ -19,6 +19,33 @@ name or hash; everything else the service needs lives in database 5 (META):
                        an erased image's entry becomes "" (its position stays)
        facelog:epoch   random id of this face log (string)
        facelog:erased  face-log positions erased, in order (list of integers)
+       recent          image hash -> when it was first queued or committed (sorted set):
+                       the gallery's order, newest first
+       pairs:<hash>    other hash -> which faces matched: "i j d;..." (face i of this
+                       image, face j of the other, their distance), one entry per face
+                       of this image that matched one of the other's (hash, symmetric)
+     people (see "People" below):
+       face:<hash>     face position -> person id (hash)
+       facehist:<hash> face position -> the person ids it was in before each merge,
+                       oldest first, space-separated (hash): what undoing a merge reads
+       person:<id>     name, count (faces), rep ("<hash>:<face>", the face shown for
+                       it), sum (the sum of its faces' encodings: 128 little-endian
+                       doubles; sum / count is its centroid), created (hash)
+       person:<id>:faces  its faces, "<hash>:<face>" (set)
+       apart:<id>      people never to be merged with this one (set, symmetric)
+       people          person id -> number of faces (sorted set): the list, largest first
+       people:next     the last person id given (integer)
+
+People. A person is a set of faces (not images: a group photo holds several people). A
+new face joins the person of its nearest stored face within PEOPLE_TOLERANCE, provided it
+is also that close to the person's centroid; two faces of one photo are never one person.
+A face within tolerance of two people merges them when their centroids are that close
+too, no photo has a face in both, neither is marked apart from the other and they do not
+carry different names. Everything is decided inside the commit script, so concurrent
+workers cannot interleave; the centroid guards are what keep single linkage from chaining
+different people together as the collection grows (bench/people_purity.py measures it).
+Erasing an image takes its faces out of their people (a person left without faces is
+deleted, name included).
 
 The version of a worker's in-memory index is (epoch, face-log length, erasure count); the
 commit script refuses a commit whose version is stale, so every pair of images is compared
@@ -98,6 +125,14 @@ TICKETS_PREFIX = "tickets:"
 MAX_NAMES = 1000
 URL_PREFIX = "url:"
 PRIOR_PREFIX = "prior:"
+RECENT = "recent"
+PAIRS_PREFIX = "pairs:"
+FACE_PREFIX = "face:"
+FACE_HISTORY_PREFIX = "facehist:"
+PERSON_PREFIX = "person:"
+APART_PREFIX = "apart:"
+PEOPLE = "people"
+PEOPLE_NEXT = "people:next"
 
 
 def image_key(image_hash: str) -> str:
@@ -155,9 +190,153 @@ local function drop_ticket()
 end
 """
 
+# People, as Lua functions the commit, erasure and people scripts share (all in META).
+_PEOPLE_FUNCTIONS = """
+local FACE_F = '<' .. string.rep('f', %(dim)d)
+local SUM_D = '<' .. string.rep('d', %(dim)d)
+local function face_vector(blob, k)
+  local v = {struct.unpack(FACE_F, blob, k * %(face_bytes)d + 1)}
+  v[%(dim)d + 1] = nil
+  return v
+end
+local function person_key(p) return '%(person)s' .. p end
+local function sum_of(p)
+  local v = {struct.unpack(SUM_D, redis.call('HGET', person_key(p), 'sum'))}
+  v[%(dim)d + 1] = nil
+  return v
+end
+local function count_of(p) return tonumber(redis.call('HGET', person_key(p), 'count')) end
+local function save(p, sum, count)
+  redis.call('HSET', person_key(p), 'sum', struct.pack(SUM_D, unpack(sum)), 'count', count)
+  if count > 0 then redis.call('ZADD', '%(people)s', count, p) end
+end
+-- Distance between a vector (or a sum over n faces) and person p's centroid.
+local function distance_to(p, v, n)
+  local sum, count, t = sum_of(p), count_of(p), 0
+  for d = 1, %(dim)d do
+    local x = v[d] / n - sum[d] / count
+    t = t + x * x
+  end
+  return math.sqrt(t)
+end
+local function new_person(now)
+  local p = tostring(redis.call('INCR', '%(people_next)s'))
+  local zero = {}
+  for d = 1, %(dim)d do zero[d] = 0 end
+  redis.call('HSET', person_key(p), 'created', now)
+  save(p, zero, 0)
+  return p
+end
+local function add_face(p, x, j, v)
+  local ref = x .. ':' .. j
+  redis.call('HSET', '%(face)s' .. x, j, p)
+  redis.call('SADD', person_key(p) .. ':faces', ref)
+  local sum, count = sum_of(p), count_of(p)
+  for d = 1, %(dim)d do sum[d] = sum[d] + v[d] end
+  save(p, sum, count + 1)
+  if count == 0 then redis.call('HSET', person_key(p), 'rep', ref) end
+end
+local function drop_person(p)
+  for _, o in ipairs(redis.call('SMEMBERS', '%(apart)s' .. p)) do
+    redis.call('SREM', '%(apart)s' .. o, p)
+  end
+  redis.call('DEL', person_key(p), person_key(p) .. ':faces', '%(apart)s' .. p)
+  redis.call('ZREM', '%(people)s', p)
+end
+-- Take face j of image x out of its person (v: its encoding).
+local function remove_face(x, j, v)
+  local p = redis.call('HGET', '%(face)s' .. x, j)
+  if not p then return end
+  local ref = x .. ':' .. j
+  redis.call('HDEL', '%(face)s' .. x, j)
+  redis.call('SREM', person_key(p) .. ':faces', ref)
+  local count = count_of(p) - 1
+  if count <= 0 then drop_person(p) return end
+  local sum = sum_of(p)
+  for d = 1, %(dim)d do sum[d] = sum[d] - v[d] end
+  save(p, sum, count)
+  if redis.call('HGET', person_key(p), 'rep') == ref then
+    redis.call('HSET', person_key(p), 'rep', redis.call('SRANDMEMBER', person_key(p) .. ':faces'))
+  end
+end
+-- Why p and q may not be one person (nil if they may): a photo with a face in each, a
+-- mark that they are apart.
+local function conflict(p, q)
+  if redis.call('SISMEMBER', '%(apart)s' .. p, q) == 1 then return 'marked apart' end
+  local small, other = p, q
+  local function size(x) return redis.call('SCARD', person_key(x) .. ':faces') end
+  if size(q) < size(p) then small, other = q, p end
+  for _, ref in ipairs(redis.call('SMEMBERS', person_key(small) .. ':faces')) do
+    local x = string.match(ref, '^(.*):')
+    for _, o in ipairs(redis.call('HVALS', '%(face)s' .. x)) do
+      if o == other then return 'a photo has a face of each' end
+    end
+  end
+  return nil
+end
+-- Move every face of `from` into `into` (`from` is deleted; its name is kept if `into`
+-- has none). Each face remembers where it was, for undoing the merge.
+local function merge(from, into)
+  local sum, count = sum_of(into), count_of(into)
+  local add = sum_of(from)
+  for d = 1, %(dim)d do sum[d] = sum[d] + add[d] end
+  for _, ref in ipairs(redis.call('SMEMBERS', person_key(from) .. ':faces')) do
+    local x, j = string.match(ref, '^(.*):(%%d+)$')
+    redis.call('HSET', '%(face)s' .. x, j, into)
+    local hist = redis.call('HGET', '%(facehist)s' .. x, j)
+    redis.call('HSET', '%(facehist)s' .. x, j, hist and (hist .. ' ' .. from) or from)
+    redis.call('SADD', person_key(into) .. ':faces', ref)
+  end
+  save(into, sum, count + count_of(from))
+  local name = redis.call('HGET', person_key(from), 'name')
+  if name and not redis.call('HGET', person_key(into), 'name') then
+    redis.call('HSET', person_key(into), 'name', name)
+  end
+  for _, o in ipairs(redis.call('SMEMBERS', '%(apart)s' .. from)) do
+    if o ~= into then
+      redis.call('SADD', '%(apart)s' .. into, o)
+      redis.call('SADD', '%(apart)s' .. o, into)
+    end
+  end
+  drop_person(from)
+end
+-- The faces of image h (encodings blob) join people; links are {face, other hash,
+-- other face, distance}, nearest first, all within tol.
+local function place_faces(h, blob, links, tol, now)
+  local n = math.floor(#blob / %(face_bytes)d)
+  local vectors, placed, taken = {}, {}, {}
+  for i = 0, n - 1 do vectors[i] = face_vector(blob, i) end
+  for _, l in ipairs(links) do
+    local i = l[1]
+    local p = redis.call('HGET', '%(face)s' .. l[2], l[3])
+    if p and not taken[p] then
+      local q = placed[i]
+      if not q then
+        if distance_to(p, vectors[i], 1) <= tol then
+          placed[i], taken[p] = p, true
+        end
+      elseif q ~= p then
+        local pn = redis.call('HGET', person_key(p), 'name')
+        local qn = redis.call('HGET', person_key(q), 'name')
+        if not (pn and qn and pn ~= qn) and distance_to(p, sum_of(q), count_of(q)) <= tol
+            and not conflict(p, q) then
+          local into, from = q, p
+          if (pn and not qn) or (not (qn and not pn) and count_of(p) > count_of(q)) then
+            into, from = p, q
+          end
+          merge(from, into)
+          placed[i], taken[from], taken[into] = into, nil, true
+        end
+      end
+    end
+  end
+  for i = 0, n - 1 do add_face(placed[i] or new_person(now), h, i, vectors[i]) end
+end
+"""
+
 # Erase one image everywhere (a Lua function the two erasure scripts share). Returns nil
 # when nothing is known of it, else {faces, matches, name...}.
-_ERASE_FUNCTION = """
+_ERASE_FUNCTION = _PEOPLE_FUNCTIONS + """
 local function erase(x)
   redis.call('SELECT', %(meta)d)
   local info = redis.call('EXISTS', '%(image)s' .. x, '%(tickets)s' .. x, '%(pending)s' .. x)
@@ -185,9 +364,17 @@ local function erase(x)
   for _, o in ipairs(others) do redis.call('SREM', o, x) end
   redis.call('DEL', x)
   redis.call('SELECT', %(meta)d)
-  for _, o in ipairs(others) do redis.call('HDEL', '%(dist)s' .. o, x) end
-  redis.call('DEL', '%(dist)s' .. x, '%(image)s' .. x, '%(pending)s' .. x,
-             '%(tickets)s' .. x)
+  for _, o in ipairs(others) do
+    redis.call('HDEL', '%(dist)s' .. o, x)
+    redis.call('HDEL', '%(pairs)s' .. o, x)
+  end
+  local placed = redis.call('HGETALL', '%(face)s' .. x)
+  for k = 1, #placed, 2 do
+    remove_face(x, placed[k], face_vector(blob, tonumber(placed[k])))
+  end
+  redis.call('DEL', '%(dist)s' .. x, '%(pairs)s' .. x, '%(image)s' .. x, '%(pending)s' .. x,
+             '%(tickets)s' .. x, '%(face)s' .. x, '%(facehist)s' .. x)
+  redis.call('ZREM', '%(recent)s', x)
   if pos then
     redis.call('LSET', '%(face_log)s', tonumber(pos), '')
     redis.call('RPUSH', '%(face_log_erased)s', pos)
@@ -198,15 +385,18 @@ local function erase(x)
 end
 """
 
-# Commit one processed image to all five databases atomically. After the prelude: epoch,
-# face-log length, erasure count, encodings blob, faces JSON, timestamp, number of
-# matches, then (other hash, distance) pairs. Returns {status, face-log length}:
+# Commit one processed image to all five databases atomically, and place its faces in
+# people. After the prelude: epoch, face-log length, erasure count, encodings blob, faces
+# JSON, timestamp, number of matches, then per match (other hash, distance, its face pairs
+# seen from this image, seen from the other: see pairs:<hash>), then PEOPLE_TOLERANCE, the
+# number of links, then per link (face, other hash, other face, distance), nearest first.
+# Returns {status, face-log length}:
 #   ok     committed
 #   dup    already processed (by another message: its names added; or by this same
 #          message, redelivered after a crash: nothing to add)
 #   stale  the face log moved (commits or erasures): sync the index and retry
 #   erased the image was erased since this message was queued: nothing written
-_COMMIT = _PRELUDE + """
+_COMMIT = _PRELUDE + _PEOPLE_FUNCTIONS + """
 local expected_epoch = ARGV[rest]
 local expected = tonumber(ARGV[rest + 1])
 local expected_erased = tonumber(ARGV[rest + 2])
@@ -215,6 +405,13 @@ local faces = ARGV[rest + 4]
 local now = ARGV[rest + 5]
 local nmatches = tonumber(ARGV[rest + 6])
 local first = rest + 7
+local after = first + 4 * nmatches
+local tol = tonumber(ARGV[after])
+local links = {}
+for k = 0, tonumber(ARGV[after + 1]) - 1 do
+  local at = after + 2 + 4 * k
+  links[k + 1] = {tonumber(ARGV[at]), ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])}
+end
 local version = redis.call('LLEN', '%(face_log)s')
 if not valid then
   if status == 'done' then return {'dup', version} end
@@ -234,22 +431,29 @@ redis.call('SELECT', %(encodings_db)d)
 redis.call('SET', h, blob)
 redis.call('SELECT', %(matches_db)d)
 for j = 0, nmatches - 1 do
-  local other = ARGV[first + 2 * j]
+  local other = ARGV[first + 4 * j]
   redis.call('SADD', h, other)
   redis.call('SADD', other, h)
 end
 redis.call('SELECT', %(meta)d)
 for j = 0, nmatches - 1 do
-  local other, d = ARGV[first + 2 * j], ARGV[first + 2 * j + 1]
+  local at = first + 4 * j
+  local other, d = ARGV[at], ARGV[at + 1]
   redis.call('HSET', '%(dist)s' .. h, other, d)
   redis.call('HSET', '%(dist)s' .. other, h, d)
+  if ARGV[at + 2] ~= '' then
+    redis.call('HSET', '%(pairs)s' .. h, other, ARGV[at + 2])
+    redis.call('HSET', '%(pairs)s' .. other, h, ARGV[at + 3])
+  end
 end
 local key = '%(image)s' .. h
 if #blob > 0 then
   redis.call('RPUSH', '%(face_log)s', h)
   redis.call('HSET', key, 'pos', version)
   version = version + 1
+  place_faces(h, blob, links, tol, now)
 end
+redis.call('ZADD', '%(recent)s', 'NX', now, h)
 redis.call('HSET', key, 'status', 'done', 'faces', faces, 'updated', now)
 redis.call('HDEL', key, 'reason')
 redis.call('HINCRBY', key, 'scans', 1)
@@ -277,6 +481,7 @@ redis.call('HSET', key, 'status', 'queued', 'updated', ARGV[rest])
 redis.call('HDEL', key, 'reason')
 for _, n in ipairs(names) do redis.call('SADD', '%(pending)s' .. h, n) end
 if ARGV[rest + 1] ~= '' then redis.call('SET', '%(url)s' .. ARGV[rest + 1], h) end
+redis.call('ZADD', '%(recent)s', 'NX', ARGV[rest], h)
 return 'queued'
 """
 
@@ -293,6 +498,7 @@ if url ~= '' and redis.call('GET', '%(url)s' .. url) == h then
 end
 if redis.call('SCARD', '%(pending)s' .. h) == 0 then
   redis.call('DEL', '%(image)s' .. h)
+  redis.call('ZREM', '%(recent)s', h)
 else
   redis.call('HSET', '%(image)s' .. h, 'status', 'failed', 'reason', ARGV[rest + 1])
 end
@@ -360,12 +566,41 @@ end
 return out
 """
 
+# A person merged into another at a user's request. ARGV: into, from. Returns 'ok',
+# 'missing' (either is unknown), 'same', or why they cannot be one person.
+_MERGE_PEOPLE = _PEOPLE_FUNCTIONS + """
+local into, from = ARGV[1], ARGV[2]
+if into == from then return 'same' end
+if redis.call('EXISTS', person_key(into)) == 0 or redis.call('EXISTS', person_key(from)) == 0 then
+  return 'missing'
+end
+local why = conflict(into, from)
+if why then return why end
+merge(from, into)
+return 'ok'
+"""
+
+# ARGV: person id, then 1 and the name, or 0 to clear it. Returns 0 if the person is unknown.
+_NAME_PERSON = """
+local key = '%(person)s' .. ARGV[1]
+if redis.call('EXISTS', key) == 0 then return 0 end
+if ARGV[2] == '1' then
+  redis.call('HSET', key, 'name', ARGV[3])
+else
+  redis.call('HDEL', key, 'name')
+end
+return 1
+"""
+
 _DBS = {"names_db": NAME_TO_HASH, "image_names_db": HASH_TO_NAMES,
         "encodings_db": HASH_TO_ENCODINGS, "matches_db": HASH_TO_MATCHES, "meta": META,
         "face_log": FACE_LOG, "face_log_epoch": FACE_LOG_EPOCH,
         "face_log_erased": FACE_LOG_ERASED, "image": IMAGE_PREFIX, "pending": PENDING_PREFIX,
         "dist": DISTANCES_PREFIX, "tickets": TICKETS_PREFIX, "url": URL_PREFIX,
-        "prior": PRIOR_PREFIX, "face_bytes": FACE_BYTES, "max_names": MAX_NAMES}
+        "prior": PRIOR_PREFIX, "face_bytes": FACE_BYTES, "max_names": MAX_NAMES,
+        "recent": RECENT, "pairs": PAIRS_PREFIX, "face": FACE_PREFIX,
+        "facehist": FACE_HISTORY_PREFIX, "person": PERSON_PREFIX, "apart": APART_PREFIX,
+        "people": PEOPLE, "people_next": PEOPLE_NEXT, "dim": ENCODING_DIM}
 
 
 @dataclass(frozen=True)
@@ -376,8 +611,13 @@ class CommitResult:
 
 @dataclass(frozen=True)
 class Match:
+    """A stored image with a face within tolerance: its best face's distance, and which
+    face matched which (-1 where not known)."""
+
     image_hash: str
     distance: float
+    face: int = -1         # the face asked about, by its position in its own image
+    stored_face: int = -1  # the stored image's face, by its position in that image
 
 
 @dataclass(frozen=True)
@@ -421,6 +661,7 @@ class Store:
 
         self._db = {db: client(db, True) for db in DATABASES}
         self._encodings = client(HASH_TO_ENCODINGS, False)
+        self.people_tolerance = min(settings.people_tolerance, settings.match_tolerance)
         meta = self._db[META]
         self._commit = meta.register_script(_COMMIT % _DBS)
         self._prepare = meta.register_script(_PREPARE % _DBS)
@@ -429,6 +670,8 @@ class Store:
         self._mark_failed = meta.register_script(_MARK_FAILED % _DBS)
         self._erase_image = meta.register_script(_ERASE_IMAGE % _DBS)
         self._erase_name = meta.register_script(_ERASE_NAME % _DBS)
+        self._merge_people = meta.register_script(_MERGE_PEOPLE % _DBS)
+        self._name_person = meta.register_script(_NAME_PERSON % _DBS)
 
     def close(self) -> None:
         for c in (*self._db.values(), self._encodings):
@@ -444,16 +687,32 @@ class Store:
     def commit(self, image_hash: str, names: Iterable[str], encodings: np.ndarray,
                boxes: list[tuple[int, int, int, int]], matches: Iterable[Match],
                state: LogState, ticket: str = "") -> CommitResult:
-        """Commit if the face log is still at `state`; else answer `stale` (see _COMMIT)."""
-        match_list = list(matches)
-        pairs: list[bytes | str | int | float] = []
-        for m in match_list:
+        """Commit if the face log is still at `state`; else answer `stale` (see _COMMIT).
+
+        `matches` may hold several per other image, one per face of this image that
+        matched it (Match.face, Match.stored_face): the image's distance is the best one.
+        """
+        by_image: dict[str, list[Match]] = {}
+        for m in matches:
+            by_image.setdefault(m.image_hash, []).append(m)
+        args: list[bytes | str | int | float] = []
+        links: list[Match] = []
+        for other, found in by_image.items():
+            known = sorted((m for m in found if m.face >= 0),
+                           key=lambda m: (m.face, m.distance))
             # The exact float (repr round-trips): /match?tolerance compares with it.
-            pairs += [m.image_hash, repr(float(m.distance))]
+            args += [other, repr(min(float(m.distance) for m in found)),
+                     ";".join(f"{m.face} {m.stored_face} {m.distance!r}" for m in known),
+                     ";".join(f"{m.stored_face} {m.face} {m.distance!r}" for m in known)]
+            links += [m for m in known if m.distance <= self.people_tolerance]
+        links.sort(key=lambda m: (m.distance, m.face, m.image_hash))
+        for m in links:
+            args += [m.face, m.image_hash, m.stored_face, repr(float(m.distance))]
         status, new_version = self._commit(args=_args(
             image_hash, ticket, names, state.epoch, state.length, state.erased,
-            encodings_to_bytes(encodings), json.dumps(boxes), _now(), len(match_list),
-            *pairs))
+            encodings_to_bytes(encodings), json.dumps(boxes), _now(), len(by_image),
+            *args[:4 * len(by_image)], repr(self.people_tolerance), len(links),
+            *args[4 * len(by_image):]))
         return CommitResult(status, int(new_version))
 
     @_translated
@@ -613,12 +872,24 @@ class Store:
         others = sorted(cast(set[str], self._db[HASH_TO_MATCHES].smembers(image_hash)))
         other_names = self.names_of(others)
         boxes = json.loads(info.get("faces", "[]"))
+        meta = self._db[META].pipeline(transaction=False)
+        meta.hgetall(FACE_PREFIX + image_hash)
+        meta.hgetall(PAIRS_PREFIX + image_hash)
+        people, pairs = meta.execute()
+        face_matches: list[list[dict[str, object]]] = [[] for _ in boxes]
+        for other, found in pairs.items():
+            for i, j, d in _parse_pairs(found):
+                if i < len(boxes):
+                    face_matches[i].append({"hash": other, "face": j, "distance": d})
         view: dict[str, object] = {
             "hash": image_hash,
             "status": info.get("status"),
             "names": sorted(names),
-            "faces": [{"top": t, "right": r, "bottom": b, "left": lft}
-                      for t, r, b, lft in boxes],
+            "faces": [{"top": t, "right": r, "bottom": b, "left": lft,
+                       "person": int(people[str(k)]) if str(k) in people else None,
+                       "matches": sorted(face_matches[k], key=lambda m: (m["distance"],
+                                                                          m["hash"]))}
+                      for k, (t, r, b, lft) in enumerate(boxes)],
             "matches": [{"hash": o, "names": sorted(n),
                          "distance": float(distances[o]) if o in distances else None}
                         for o, n in zip(others, other_names, strict=True)],
@@ -626,3 +897,108 @@ class Store:
         if "reason" in info:
             view["reason"] = info["reason"]
         return view
+
+    # -- people -------------------------------------------------------------------------
+
+    def _summaries(self, ids: list[str]) -> list[dict[str, object]]:
+        """The list form of these people (id, name, faces, representative face)."""
+        meta = self._db[META]
+        pipe = meta.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hmget(PERSON_PREFIX + pid, "name", "count", "rep")
+        rows = [(pid, *row) for pid, row in zip(ids, pipe.execute(), strict=True)
+                if row[1] is not None]
+        refs = [_face_ref(rep) for _, _, _, rep in rows]
+        boxes = self._boxes([h for h, _ in refs])
+        return [{"id": int(pid), "name": name, "faces": int(count),
+                 "face": {"hash": h, "face": j, "box": _box_at(boxes.get(h), j)}}
+                for (pid, name, count, _), (h, j) in zip(rows, refs, strict=True)]
+
+    def _boxes(self, image_hashes: Iterable[str]) -> dict[str, list[list[int]]]:
+        unique = sorted(set(image_hashes))
+        pipe = self._db[META].pipeline(transaction=False)
+        for h in unique:
+            pipe.hget(image_key(h), "faces")
+        return {h: json.loads(b or "[]") for h, b in zip(unique, pipe.execute(), strict=True)}
+
+    @_translated
+    def people_page(self, offset: int, limit: int) -> tuple[int, list[dict[str, object]]]:
+        """(number of people, the people ranked offset..offset+limit-1, largest first)."""
+        meta = self._db[META]
+        ids = cast(list[str], meta.zrevrange(PEOPLE, offset, offset + limit - 1))
+        return int(meta.zcard(PEOPLE)), self._summaries(ids)
+
+    @_translated
+    def person(self, person_id: int) -> dict[str, object] | None:
+        """A person with all its faces (image hash, position, box, the image's names)."""
+        found = self._summaries([str(person_id)])
+        if not found:
+            return None
+        refs = sorted(_face_ref(r) for r in cast(set[str], self._db[META].smembers(
+            f"{PERSON_PREFIX}{person_id}:faces")))
+        hashes = [h for h, _ in refs]
+        boxes = self._boxes(hashes)
+        unique = sorted(set(hashes))
+        names = dict(zip(unique, self.names_of(unique), strict=True))
+        person = found[0]
+        person["faces"] = [{"hash": h, "face": j, "box": _box_at(boxes.get(h), j),
+                            "names": sorted(names[h])} for h, j in refs]
+        return person
+
+    @_translated
+    def person_images(self, person_id: int) -> list[str]:
+        """The images holding a face of this person."""
+        refs = cast(set[str], self._db[META].smembers(f"{PERSON_PREFIX}{person_id}:faces"))
+        return sorted({_face_ref(r)[0] for r in refs})
+
+    @_translated
+    def name_person(self, person_id: int, name: str | None) -> bool:
+        """Give a person a name (None: clear it); False if there is no such person."""
+        args: list[str | int] = [person_id, 1, name] if name is not None else [person_id, 0]
+        return bool(self._name_person(args=args))
+
+    @_translated
+    def merge_people(self, into: int, other: int) -> str:
+        """Move every face of `other` into `into`: "ok", "missing", "same", or why they
+        cannot be one person."""
+        return str(self._merge_people(args=[into, other]))
+
+    @_translated
+    def recent_images(self, offset: int, limit: int, name_filter: str = ""
+                      ) -> tuple[int, list[dict[str, object]]]:
+        """(number of images, their views newest first from `offset`); with a filter,
+        only images with a name containing it (case-insensitive), counted among the
+        newest 10,000."""
+        meta = self._db[META]
+        if not name_filter:
+            hashes = cast(list[str], meta.zrevrange(RECENT, offset, offset + limit - 1))
+            total = int(meta.zcard(RECENT))
+        else:
+            wanted = name_filter.casefold()
+            newest = cast(list[str], meta.zrevrange(RECENT, 0, 9_999))
+            names = self.names_of(newest)
+            pipe = meta.pipeline(transaction=False)
+            for h in newest:
+                pipe.smembers(pending_key(h))
+            hits = [h for h, n, p in zip(newest, names, pipe.execute(), strict=True)
+                    if any(wanted in x.casefold() for x in n | set(p))]
+            total, hashes = len(hits), hits[offset:offset + limit]
+        views = [self.image_view(h) for h in hashes]
+        return total, [v for v in views if v is not None]
+
+
+def _parse_pairs(text: str) -> list[tuple[int, int, float]]:
+    out = []
+    for part in text.split(";") if text else []:
+        i, j, d = part.split(" ")
+        out.append((int(i), int(j), float(d)))
+    return out
+
+
+def _face_ref(ref: str) -> tuple[str, int]:
+    h, _, j = ref.rpartition(":")
+    return h, int(j)
+
+
+def _box_at(boxes: list[list[int]] | None, j: int) -> list[int] | None:
+    return boxes[j] if boxes is not None and 0 <= j < len(boxes) else None
