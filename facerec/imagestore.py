@@ -9,6 +9,11 @@ its own store names for that hash, so a message cannot point it anywhere else.
     IMAGE_STORE=gs://bucket[/prefix]    Google Cloud Storage (Application Default
                                         Credentials; STORAGE_EMULATOR_HOST for an emulator)
     IMAGE_STORE=file:///absolute/dir    a local directory (development)
+
+A store that keeps objects also keeps one thumbnail per image, next to it (`<hash>` and
+`<hash>.thumbnail`), made once by whoever first asks for it (rest's web page); delete()
+removes both, the thumbnail first, so an erasure that failed half-way and is repeated
+still finds the image and removes what is left.
 """
 
 from __future__ import annotations
@@ -40,7 +45,16 @@ class ImageStore(Protocol):
         """The stored bytes for viewing, or None (always None when inline)."""
 
     def delete(self, image_hash: str) -> bool:
-        """Remove the object if present; True if there was one."""
+        """Remove the object and its thumbnail if present; True if there was an object."""
+
+    def read_thumbnail(self, image_hash: str) -> bytes | None:
+        """The image's stored thumbnail, or None (always None when inline)."""
+
+    def put_thumbnail(self, image_hash: str, data: bytes) -> None:
+        """Store (or replace) the image's thumbnail; nothing when inline."""
+
+
+THUMBNAIL_SUFFIX = ".thumbnail"
 
 
 class InlineStore:
@@ -60,6 +74,12 @@ class InlineStore:
 
     def delete(self, image_hash: str) -> bool:
         return False
+
+    def read_thumbnail(self, image_hash: str) -> bytes | None:
+        return None
+
+    def put_thumbnail(self, image_hash: str, data: bytes) -> None:
+        return None
 
 
 class _ObjectStore(ABC):
@@ -90,10 +110,7 @@ class LocalStore(_ObjectStore):
     def ref(self, image_hash: str) -> str:
         return (self.root / image_hash).as_uri()
 
-    def put(self, image_hash: str, data: bytes) -> bool:
-        path = self.root / image_hash
-        if path.exists():
-            return False
+    def _write(self, path: Path, data: bytes) -> None:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
             with os.fdopen(fd, "wb") as f:
@@ -101,24 +118,43 @@ class LocalStore(_ObjectStore):
             os.replace(tmp, path)
         except OSError as exc:
             raise ImageStoreUnavailable(f"cannot write {path}: {exc}") from exc
-        return True
 
-    def read(self, image_hash: str) -> bytes | None:
+    def _read(self, name: str) -> bytes | None:
         try:
-            return (self.root / image_hash).read_bytes()
+            return (self.root / name).read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ImageStoreUnavailable(f"cannot read {image_hash}: {exc}") from exc
+            raise ImageStoreUnavailable(f"cannot read {name}: {exc}") from exc
 
-    def delete(self, image_hash: str) -> bool:
+    def _unlink(self, name: str) -> bool:
         try:
-            (self.root / image_hash).unlink()
+            (self.root / name).unlink()
             return True
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise ImageStoreUnavailable(f"cannot delete {image_hash}: {exc}") from exc
+            raise ImageStoreUnavailable(f"cannot delete {name}: {exc}") from exc
+
+    def put(self, image_hash: str, data: bytes) -> bool:
+        path = self.root / image_hash
+        if path.exists():
+            return False
+        self._write(path, data)
+        return True
+
+    def read(self, image_hash: str) -> bytes | None:
+        return self._read(image_hash)
+
+    def delete(self, image_hash: str) -> bool:
+        self._unlink(image_hash + THUMBNAIL_SUFFIX)
+        return self._unlink(image_hash)
+
+    def read_thumbnail(self, image_hash: str) -> bytes | None:
+        return self._read(image_hash + THUMBNAIL_SUFFIX)
+
+    def put_thumbnail(self, image_hash: str, data: bytes) -> None:
+        self._write(self.root / (image_hash + THUMBNAIL_SUFFIX), data)
 
 
 class GCSStore(_ObjectStore):
@@ -167,30 +203,48 @@ class GCSStore(_ObjectStore):
             raise ImageStoreUnavailable(f"upload to {self.ref(image_hash)} failed: {exc}") from exc
         return True
 
-    def read(self, image_hash: str) -> bytes | None:
+    def _download(self, name: str) -> bytes | None:
         from google.api_core import exceptions
 
         try:
-            return bytes(self._bucket.blob(self._name(image_hash)).download_as_bytes(
+            return bytes(self._bucket.blob(name).download_as_bytes(
                 timeout=self.timeout, retry=self.retry))
         except exceptions.NotFound:
             return None
         except Exception as exc:
-            raise ImageStoreUnavailable(f"download of {self.ref(image_hash)} failed: "
-                                        f"{exc}") from exc
+            raise ImageStoreUnavailable(f"download of gs://{self.bucket_name}/{name} "
+                                        f"failed: {exc}") from exc
 
-    def delete(self, image_hash: str) -> bool:
+    def _delete(self, name: str) -> bool:
         from google.api_core import exceptions
 
         try:
-            self._bucket.blob(self._name(image_hash)).delete(timeout=self.timeout,
-                                                             retry=self.retry)
+            self._bucket.blob(name).delete(timeout=self.timeout, retry=self.retry)
             return True
         except exceptions.NotFound:
             return False
         except Exception as exc:  # google-cloud raises many types
-            raise ImageStoreUnavailable(f"delete of {self.ref(image_hash)} failed: "
-                                        f"{exc}") from exc
+            raise ImageStoreUnavailable(f"delete of gs://{self.bucket_name}/{name} "
+                                        f"failed: {exc}") from exc
+
+    def read(self, image_hash: str) -> bytes | None:
+        return self._download(self._name(image_hash))
+
+    def delete(self, image_hash: str) -> bool:
+        self._delete(self._name(image_hash) + THUMBNAIL_SUFFIX)
+        return self._delete(self._name(image_hash))
+
+    def read_thumbnail(self, image_hash: str) -> bytes | None:
+        return self._download(self._name(image_hash) + THUMBNAIL_SUFFIX)
+
+    def put_thumbnail(self, image_hash: str, data: bytes) -> None:
+        name = self._name(image_hash) + THUMBNAIL_SUFFIX
+        try:
+            self._bucket.blob(name).upload_from_string(
+                data, content_type="image/jpeg", timeout=self.timeout, retry=self.retry)
+        except Exception as exc:  # google-cloud raises many types
+            raise ImageStoreUnavailable(f"upload to gs://{self.bucket_name}/{name} "
+                                        f"failed: {exc}") from exc
 
 
 def open_store(settings: Settings) -> ImageStore:

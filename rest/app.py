@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from facerec.settings import Settings
-from rest import access, erase, errors, ops, queries, scan, search
+from rest import access, erase, errors, ops, people, queries, scan, search, ui
 from rest.services import EXTENSION, Services
 
 
@@ -20,6 +20,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # Names may be URLs ("http://..."): a double slash is part of the name, not a typo.
     app.url_map.merge_slashes = False
     errors.init_app(app, access.authorize)
-    for blueprint in (ops.bp, scan.bp, queries.bp, erase.bp, search.bp):
+    for blueprint in (ops.bp, scan.bp, queries.bp, erase.bp, search.bp, people.bp, ui.bp):
         app.register_blueprint(blueprint)
     return app

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from facerec import broker as amqp
+from facerec.imagestore import GCSStore, ImageStore, InlineStore, LocalStore
 from facerec.messages import CONTENT_TYPE, STORED_SCHEMA, sha256_hex
 from facerec.store import HASH_TO_ENCODINGS, META, image_key
 from tests.services import (
@@ -178,3 +179,49 @@ def test_a_message_naming_another_location_is_dead_lettered_unread(
     reason = env.redis.client(META).hget(image_key(h), "reason")
     assert "is not this service's store location" in reason
     assert env.redis.client(HASH_TO_ENCODINGS).exists(h) == 0  # nothing was processed
+
+
+# -- thumbnails (the web page's): kept beside the image, removed with it -------------------
+
+def _thumbnail_round_trip(store: ImageStore, h: str) -> None:
+    assert store.read_thumbnail(h) is None
+    assert store.put(h, b"image bytes")
+    store.put_thumbnail(h, b"thumbnail bytes")
+    assert store.read_thumbnail(h) == b"thumbnail bytes"
+    assert store.read(h) == b"image bytes"
+    store.put_thumbnail(h, b"a newer thumbnail")
+    assert store.read_thumbnail(h) == b"a newer thumbnail"
+    assert store.delete(h)
+    assert store.read_thumbnail(h) is None and store.read(h) is None
+    # A repeated delete (an erasure retried) finds nothing and says so.
+    assert not store.delete(h)
+
+
+def test_a_local_store_keeps_a_thumbnail_beside_its_image_and_deletes_both(
+        tmp_path: Path) -> None:
+    h = sha256_hex(b"image bytes")
+    store = LocalStore(tmp_path)
+    _thumbnail_round_trip(store, h)
+    assert list(tmp_path.iterdir()) == []
+    # A thumbnail left without its image (an erasure that failed half-way) goes too.
+    store.put_thumbnail(h, b"orphan")
+    assert not store.delete(h)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gcs_store_keeps_a_thumbnail_beside_its_image_and_deletes_both(
+        emulator: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = emulator
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    store = GCSStore(BUCKET, "images")
+    h = sha256_hex(b"image bytes")
+    _thumbnail_round_trip(store, h)
+    store.put_thumbnail(h, b"orphan")
+    assert not store.delete(h)
+    assert store.read_thumbnail(h) is None
+
+
+def test_an_inline_store_has_no_thumbnails() -> None:
+    store = InlineStore()
+    store.put_thumbnail("0" * 64, b"ignored")
+    assert store.read_thumbnail("0" * 64) is None

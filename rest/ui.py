@@ -1,0 +1,264 @@
+"""The web page under /ui: upload, gallery, an image's faces and matches, search, people.
+
+The pages are shells: a template with the page's controls and one script (static/ui/ui.js)
+that fetches every piece of data with the browser session's credential in an
+`Authorization` header. So a page itself holds no data and is open, like the API
+description; what it shows comes from routes that need READ (or FULL to change), exactly
+as for any other client. Everything user-given (names, URLs) reaches the DOM through
+`textContent` only; templates autoescape what little they render.
+
+The few JSON routes the page needs and the API lacks live here, under /ui/api/: who am I
+(scope, whether images are stored), the gallery (newest first), and the status of a batch
+of uploads (one request however many files, polled with backoff: README "Web page").
+Thumbnails are made once, on first request, with the bounded decoder, and kept next to
+the image in the image store (whose delete() removes them with it).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, render_template, request, send_file
+from flask.blueprints import BlueprintSetupState
+from PIL import Image
+
+from facerec import faces
+from facerec.credentials import FULL, identify
+from facerec.messages import is_image_hash
+from rest.access import OPEN, READ, needs
+from rest.errors import ApiError
+from rest.queries import checked_hash
+from rest.scan import busy_is_503, limits, read_json
+from rest.services import services
+
+bp = Blueprint("ui", __name__, template_folder="templates")
+
+STATIC = Path(__file__).resolve().parent / "static" / "ui"
+# Only these files are served: the vendored test tools next to them never are.
+STATIC_FILES = {"ui.js": "text/javascript", "ui.css": "text/css"}
+THUMBNAIL_SIDE = 320
+FACE_SIDE = 128
+MAX_PAGE = 100
+MAX_STATUS_HASHES = 200
+# The thumbnail's JPEG comment records the upright original's size, so a face box (in the
+# original's pixels) can be cut from the thumbnail without reading the original again.
+_SIZE_COMMENT = re.compile(rb"facerec-size (\d{1,6})x(\d{1,6})")
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+@bp.record_once
+def _no_app_static(state: BlueprintSetupState) -> None:
+    """Flask gives the app a /static route because rest/static exists (for this page's
+    files, served by ui.static below): make it serve nothing, so the vendored test tools
+    beside them are never served and the route, like every other, says what it needs."""
+    def nothing(filename: str) -> Response:
+        abort(404)
+    state.app.view_functions["static"] = needs(OPEN)(nothing)
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    """Every /ui answer: no inline script, no type guessing, never inside a frame."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+def _page(page: str, **context: object) -> str:
+    return render_template(f"ui/{page}.html", page=page, **context)
+
+
+@bp.get("/ui")
+@bp.get("/ui/")
+@needs(OPEN)
+def gallery() -> str:
+    return _page("gallery")
+
+
+@bp.get("/ui/image/<image_hash>")
+@needs(OPEN)
+def image_page(image_hash: str) -> str:
+    if not is_image_hash(image_hash):
+        abort(404)
+    return _page("image", image_hash=image_hash)
+
+
+@bp.get("/ui/search")
+@needs(OPEN)
+def search_page() -> str:
+    return _page("search")
+
+
+@bp.get("/ui/people")
+@needs(OPEN)
+def people_page() -> str:
+    return _page("people")
+
+
+@bp.get("/ui/people/<int:person>")
+@needs(OPEN)
+def person_page(person: int) -> str:
+    return _page("person", person=person)
+
+
+@bp.get("/ui/static/<name>")
+@needs(OPEN)
+def static(name: str) -> Response:
+    if name not in STATIC_FILES:
+        abort(404)
+    response = send_file(STATIC / name, mimetype=STATIC_FILES[name], max_age=0)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+# -- JSON for the page ------------------------------------------------------------------------
+
+@bp.get("/ui/api/whoami")
+@needs(OPEN)
+def whoami() -> Response:
+    """What the page may show: whether a credential is needed, the one presented (its id
+    and scope, never the secret), and whether images are stored to be shown."""
+    s = services()
+    stored = not s.images.inline
+    if not s.credentials:
+        return jsonify(required=False, id=None, scope=FULL, stored=stored)
+    credential = identify(s.credentials, request.headers.get("Authorization", ""))
+    return jsonify(required=True, id=credential.id if credential else None,
+                   scope=credential.scope if credential else None, stored=stored)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name, str(default))
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, f"{name} must be an integer in {low}..{high}")
+    return int(raw)
+
+
+@bp.get("/ui/api/images")
+@needs(READ)
+def images() -> Response:
+    """The gallery: image views, newest first; ?name= keeps those with a name containing it."""
+    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = _int_arg("limit", 24, 1, MAX_PAGE)
+    name = request.args.get("name", "")[:200]
+    total, views = services().store.recent_images(offset, limit, name)
+    return jsonify(images=views, total=total, offset=offset, limit=limit, name=name)
+
+
+@bp.post("/ui/api/status")
+@needs(READ)
+def status() -> Response:
+    """Where a batch of images stands, in one request: {"hashes": [...]} -> {"images":
+    {hash: {"status", "reason", "faces", "names"} or null if never seen}}."""
+    body = read_json()
+    hashes = body.get("hashes") if isinstance(body, dict) else None
+    if not (isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)):
+        raise ApiError(400, 'send JSON {"hashes": ["<hash>", ...]}')
+    if len(hashes) > MAX_STATUS_HASHES:
+        raise ApiError(400, f"at most {MAX_STATUS_HASHES} hashes at once")
+    store = services().store
+    out: dict[str, dict[str, Any] | None] = {}
+    for h in dict.fromkeys(checked_hash(h) for h in hashes):
+        view = store.image_view(h)
+        out[h] = None if view is None else {
+            "status": view["status"], "reason": view.get("reason"),
+            "faces": len(view["faces"]) if isinstance(view["faces"], list) else 0,
+            "names": view["names"]}
+    return jsonify(images=out)
+
+
+# -- thumbnails -----------------------------------------------------------------------------
+
+def make_thumbnail(data: bytes, max_pixels: int, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A JPEG at most `side` pixels on its longer side, upright, from image bytes decoded
+    with the service's bounded decoder; its comment records the original's upright size."""
+    rgb = faces.decode(data, max_pixels)
+    height, width = rgb.shape[:2]
+    image = Image.fromarray(rgb)
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80, comment=f"facerec-size {width}x{height}".encode())
+    return out.getvalue()
+
+
+def original_size(thumbnail: bytes) -> tuple[int, int] | None:
+    """The original's (width, height) a thumbnail of make_thumbnail records."""
+    found = _SIZE_COMMENT.search(thumbnail[:4096])
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _thumbnail(image_hash: str) -> bytes:
+    """The stored thumbnail, made and stored first if there is none yet."""
+    s = services()
+    if s.images.inline:
+        raise ApiError(404, "images are not stored (IMAGE_STORE=inline)")
+    thumbnail = s.images.read_thumbnail(image_hash)
+    if thumbnail is not None:
+        return thumbnail
+    data = s.images.read(image_hash)
+    if data is None:
+        raise ApiError(404, "no stored image with this hash")
+    max_pixels = s.settings.max_image_pixels
+    with busy_is_503(), limits().decoders.hold(faces.inspect(data, max_pixels).decode_bytes):
+        thumbnail = make_thumbnail(data, max_pixels)
+    s.images.put_thumbnail(image_hash, thumbnail)
+    # An erasure may have removed the image while the thumbnail was made: never leave a
+    # thumbnail of an image that is gone (delete() removes both, the thumbnail first).
+    if s.images.read(image_hash) is None:
+        s.images.delete(image_hash)
+        raise ApiError(404, "no stored image with this hash")
+    return thumbnail
+
+
+def _jpeg(data: bytes, etag: str) -> Response:
+    response = Response(data, content_type="image/jpeg")
+    # Revalidated on every use (cheap: 304), so an erased image's thumbnail is not shown
+    # from the browser's cache once it is gone from the service.
+    response.headers["Cache-Control"] = "private, no-cache"
+    response.set_etag(etag)
+    response.make_conditional(request)
+    return response
+
+
+@bp.get("/image/<image_hash>/thumbnail")
+@needs(READ)
+def thumbnail(image_hash: str) -> Response:
+    h = checked_hash(image_hash)
+    if request.if_none_match.contains(h) and services().images.read_thumbnail(h) is not None:
+        return _jpeg(b"", h)
+    return _jpeg(_thumbnail(h), h)
+
+
+@bp.get("/image/<image_hash>/face/<int:face>")
+@needs(READ)
+def face_thumbnail(image_hash: str, face: int) -> Response:
+    """One face, cut from the image's thumbnail (with a margin), FACE_SIDE pixels square."""
+    h = checked_hash(image_hash)
+    view = services().store.image_view(h)
+    boxes = view["faces"] if view else []
+    if not isinstance(boxes, list) or not 0 <= face < len(boxes):
+        raise ApiError(404, "no such face")
+    small = _thumbnail(h)
+    size = original_size(small)
+    with Image.open(io.BytesIO(small), formats=["JPEG"]) as image:
+        image.load()
+        scale = image.width / size[0] if size else 1.0
+        box = boxes[face]
+        top, right, bottom, left = (box[k] * scale for k in ("top", "right", "bottom", "left"))
+        margin = (bottom - top) * 0.3
+        crop = image.crop((round(max(0, left - margin)), round(max(0, top - margin)),
+                           round(min(image.width, right + margin)),
+                           round(min(image.height, bottom + margin))))
+        crop.thumbnail((FACE_SIDE, FACE_SIDE))
+        out = io.BytesIO()
+        crop.save(out, "JPEG", quality=85)
+    return _jpeg(out.getvalue(), f"{h}-{face}")
