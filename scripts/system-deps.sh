@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Install the system packages facerec needs (Redis, RabbitMQ, shellcheck) when missing:
+# Install the system packages facerec needs (Redis, RabbitMQ, shellcheck, and Chromium for
+# the web page's browser tests in tests/e2e) when missing:
 # with apt-get as root on Debian/Ubuntu; otherwise say exactly what to install.
 set -euo pipefail
 
 declare -A package=([redis-server]=redis-server [rabbitmq-server]=rabbitmq-server
-                    [rabbitmqctl]=rabbitmq-server [shellcheck]=shellcheck)
+                    [rabbitmqctl]=rabbitmq-server [shellcheck]=shellcheck
+                    [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
-for cmd in redis-server rabbitmq-server rabbitmqctl shellcheck; do
+for cmd in redis-server rabbitmq-server rabbitmqctl shellcheck chromium chromedriver; do
     # rabbitmq's tools live in /usr/sbin, which a non-root PATH may lack.
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${package[$cmd]}")
 done
@@ -26,6 +28,6 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
     echo "facerec needs these packages: ${missing[*]}" >&2
     echo "install them, e.g.: sudo apt-get install ${missing[*]}" >&2
-    echo "(macOS: brew install redis rabbitmq shellcheck)" >&2
+    echo "(macOS: brew install redis rabbitmq shellcheck chromium chromedriver)" >&2
     exit 1
 fi

@@ -8,6 +8,10 @@ PY=${PY:-.venv/bin/python}
 PORT=${PORT:-5000}
 WORKERS=${WORKERS:-2}
 mkdir -p "$RUN"
+# Images are kept in a local directory (the web page shows them); IMAGE_STORE=inline keeps
+# none, IMAGE_STORE=gs://... uses a bucket. rest and every worker must name the same store.
+export IMAGE_STORE=${IMAGE_STORE:-file://$PWD/$RUN/images}
+export IMAGE_STORE_KEEP=${IMAGE_STORE_KEEP:-true}
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
@@ -37,5 +41,6 @@ PYEOF
     running rest || { echo "rest exited; see $RUN/rest.log" >&2; tail -20 "$RUN/rest.log" >&2; exit 1; }
     sleep 0.5
 done
-echo "facerec is up: http://localhost:$PORT   (logs: tail -f $RUN/logs.log; stop: make down)"
+echo "facerec is up: http://localhost:$PORT   web page: http://localhost:$PORT/ui"
+echo "  (images: $IMAGE_STORE; logs: tail -f $RUN/logs.log; stop: make down)"
 "$PY" scripts/demo.py --rest "http://127.0.0.1:$PORT" tests/data/faces
