@@ -31,6 +31,8 @@ STORE_UPLOADS = Counter("facerec_store_uploads_total",
 ERASURES = Counter("facerec_erasures_total",
                    "Erasures: images erased by hash (image) or with their last name (name), "
                    "names removed from images that keep others (name_only)", ["what"])
+PEOPLE_CHANGES = Counter("facerec_people_changes_total",
+                         "People named or merged by a user", ["change"])
 REQUEST_SECONDS = Histogram("facerec_http_request_seconds", "REST request latency",
                             ["method", "route"],
                             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))

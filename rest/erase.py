@@ -43,17 +43,25 @@ def _log(what: str, image_hash: str, erased: Erased | None, stored: bool, dead: 
                         "deleted" if stored else "none", dead)
 
 
+def erase_held(image_hash: str, what: str) -> dict[str, object] | None:
+    """Erase one image everywhere (`what` asked for it: "image", "person"); its report,
+    or None if nothing of it was held."""
+    s = services()
+    stored, dead = _outside_redis(s, image_hash)
+    erased = s.store.erase_image(image_hash)
+    if erased is None and not stored and not dead:
+        return None
+    _log(what, image_hash, erased, stored, dead)
+    return _report(erased, image_hash, stored, dead)
+
+
 @bp.delete("/image/<image_hash>")
 @needs(FULL)
 def erase_image(image_hash: str) -> Response:
-    s = services()
-    h = checked_hash(image_hash)
-    stored, dead = _outside_redis(s, h)
-    erased = s.store.erase_image(h)
-    if erased is None and not stored and not dead:
+    report = erase_held(checked_hash(image_hash), "image")
+    if report is None:
         raise ApiError(404, "no image with this hash is held")
-    _log("image", h, erased, stored, dead)
-    return jsonify(_report(erased, h, stored, dead))
+    return jsonify(report)
 
 
 @bp.delete("/name/<path:name>")
