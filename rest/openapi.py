@@ -40,6 +40,20 @@ _AUTH_AND_BROKER = {**_UNAUTHORIZED, **_FORBIDDEN,
 _OPEN: dict[str, Any] = {"security": []}
 _READ: dict[str, Any] = {"security": [{"bearer": []}], "x-facerec-scope": READ}
 _FULL: dict[str, Any] = {"security": [{"bearer": []}], "x-facerec-scope": FULL}
+_PERSON_PARAM = {"name": "person_id", "in": "path", "required": True,
+                 "schema": {"type": "integer", "minimum": 0}}
+_FACE_REF = {"type": "object", "required": ["hash", "face", "box"],
+             "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN},
+                            "face": {"type": "integer",
+                                     "description": "the face's position in its image"},
+                            "box": {"type": "array", "items": {"type": "integer"},
+                                    "minItems": 4, "maxItems": 4, "nullable": True,
+                                    "description": "top, right, bottom, left"}}}
+_PERSON_SUMMARY = {"type": "object", "required": ["id", "name", "faces", "face"],
+                   "properties": {"id": {"type": "integer"},
+                                  "name": {"type": "string", "nullable": True},
+                                  "faces": {"type": "integer"},
+                                  "face": {**_FACE_REF, "description": "the face shown"}}}
 _ERASED = {"type": "object",
            "required": ["hash", "names", "faces", "matches", "stored_object", "dead_letters"],
            "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN},
@@ -189,6 +203,83 @@ SPEC: dict[str, Any] = {
                           **_UNAUTHORIZED,
                           "503": _error("no worker is serving searches, or none answered "
                                         "within SEARCH_TIMEOUT")}}},
+        "/people": {"get": {
+            **_READ,
+            "summary": "The people the stored faces were grouped into, largest first",
+            "parameters": [
+                {"name": "offset", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 10**9}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 200}}],
+            "responses": {"200": {"description": "one page of people", "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["people", "total", "offset", "limit"],
+                    "properties": {"people": {"type": "array", "items": {
+                        "$ref": "#/components/schemas/PersonSummary"}},
+                                   "total": {"type": "integer"},
+                                   "offset": {"type": "integer"},
+                                   "limit": {"type": "integer"}}}}}},
+                          "400": _error("offset or limit out of range"),
+                          **_UNAUTHORIZED, "503": _error("Redis unavailable")}}},
+        "/people/{person_id}": {
+            "get": {
+                **_READ,
+                "summary": "One person: every face (image, box, the image's names)",
+                "parameters": [_PERSON_PARAM],
+                "responses": {"200": {"description": "the person", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Person"}}}},
+                              "404": _error("no person with this id"),
+                              **_UNAUTHORIZED, "503": _error("Redis unavailable")}},
+            "put": {
+                **_FULL,
+                "summary": "Name a person (null clears the name); new faces keep joining it",
+                "parameters": [_PERSON_PARAM],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name"],
+                    "properties": {"name": {
+                        "type": "string", "nullable": True, "minLength": 1,
+                        "maxLength": 200, "pattern": "\\S",
+                        "description": "trimmed; no control or invisible format "
+                                       "characters"}}}}}},
+                "responses": {"200": {"description": "the person", "content": {
+                    "application/json": {"schema": {
+                        "$ref": "#/components/schemas/PersonSummary"}}}},
+                              "400": _error("not {\"name\": string or null}, or a name "
+                                            "that is blank, too long or has control "
+                                            "characters"),
+                              "404": _error("no person with this id"),
+                              "413": _error("JSON over 16 KiB"),
+                              **_AUTH_AND_BROKER}},
+            "delete": {
+                **_FULL,
+                "summary": "Erase the person: every image holding one of its faces is "
+                           "erased as DELETE /image/{hash} erases it",
+                "parameters": [_PERSON_PARAM],
+                "responses": {"200": {"description": "what was erased", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["id", "erased", "images"],
+                        "properties": {"id": {"type": "integer"},
+                                       "erased": {"type": "array", "items": {
+                                           "type": "string", "pattern": HASH_PATTERN}},
+                                       "images": {"type": "array", "items": {
+                                           "$ref": "#/components/schemas/Erased"}}}}}}},
+                              "404": _error("no person with this id"),
+                              **_AUTH_AND_BROKER}}},
+        "/people/{person_id}/merge": {"post": {
+            **_FULL,
+            "summary": "Move every face of person `from` into this one",
+            "parameters": [_PERSON_PARAM],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["from"],
+                "properties": {"from": {"type": "integer", "minimum": 0}}}}}},
+            "responses": {"200": {"description": "the merged person", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PersonSummary"}}}},
+                          "400": _error("not {\"from\": id}, or a person merged with itself"),
+                          "404": _error("no person with one of these ids"),
+                          "409": _error("they cannot be one person: a photo has a face of "
+                                        "each, or they are marked apart"),
+                          "413": _error("JSON over 16 KiB"),
+                          **_AUTH_AND_BROKER}}},
         "/openapi.json": {"get": {**_OPEN, "summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3 document",
                     "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -200,6 +291,13 @@ SPEC: dict[str, Any] = {
                        "an operation needs). Without any credential configured, all is open."}},
                    "schemas": {
         "Erased": _ERASED,
+        "PersonSummary": _PERSON_SUMMARY,
+        "Person": {**_PERSON_SUMMARY, "properties": {
+            **_PERSON_SUMMARY["properties"],
+            "faces": {"type": "array", "items": {
+                **_FACE_REF, "required": ["hash", "face", "box", "names"],
+                "properties": {**_FACE_REF["properties"],
+                               "names": {"type": "array", "items": {"type": "string"}}}}}}},
         "Search": {"type": "object", "required": ["faces"], "properties": {"faces": {
             "type": "array", "items": {
                 "type": "object", "required": ["box", "matches"],
@@ -228,9 +326,21 @@ SPEC: dict[str, Any] = {
                       "reason": {"type": "string"},
                       "names": {"type": "array", "items": {"type": "string"}},
                       "faces": {"type": "array", "items": {
-                          "type": "object", "required": ["top", "right", "bottom", "left"],
-                          "properties": {k: {"type": "integer"}
-                                         for k in ("top", "right", "bottom", "left")}}},
+                          "type": "object", "required": ["top", "right", "bottom", "left",
+                                                         "person", "matches"],
+                          "properties": {
+                              **{k: {"type": "integer"}
+                                 for k in ("top", "right", "bottom", "left")},
+                              "person": {"type": "integer", "nullable": True,
+                                         "description": "the person this face is in"},
+                              "matches": {"type": "array", "description": (
+                                  "faces of other images matching this one: which face "
+                                  "of which image (face = its position there)"), "items": {
+                                  "type": "object", "required": ["hash", "face", "distance"],
+                                  "properties": {
+                                      "hash": {"type": "string"},
+                                      "face": {"type": "integer"},
+                                      "distance": {"type": "number"}}}}}}},
                       "matches": {"type": "array", "items": {
                           "type": "object", "required": ["hash", "names", "distance"],
                           "properties": {"hash": {"type": "string"},

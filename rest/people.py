@@ -70,6 +70,7 @@ def person(person_id: int) -> Response:
 @needs(FULL)
 def name_person(person_id: int) -> Response:
     """Name a person ({"name": "…"}), or clear the name ({"name": null})."""
+    _found(person_id)
     body = read_json()
     if not isinstance(body, dict) or "name" not in body:
         raise ApiError(400, 'the body must be a JSON object {"name": "…"} (null clears it)')

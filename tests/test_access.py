@@ -34,12 +34,18 @@ ROUTES = {
     "erase_image": ("DELETE", f"/image/{'0' * 64}", None),
     "erase_name": ("DELETE", "/name/nobody.jpg", None),
     "unknown": ("GET", "/no/such/route", None),
+    "people": ("GET", "/people", None), "person": ("GET", "/people/1", None),
+    "name_person": ("PUT", "/people/1", b'{"name": "Ada"}'),
+    "merge_people": ("POST", "/people/1/merge", b'{"from": 2}'),
+    "erase_person": ("DELETE", "/people/1", None),
 }
+JSON_ROUTES = {"scan_url", "name_person", "merge_people"}
 OPEN_ROUTES = {"banner": 200, "healthz": 200, "readyz": 200, "openapi": 200, "metrics": 200}
 # What the route answers once past the access check (with this test's data).
 ALLOWED = {"scan_image": 200, "scan_url": 400, "match": 200, "image": 404, "content": 404,
-           "erase_image": 404, "erase_name": 404, "unknown": 404}
-READ_ROUTES = {"match", "image", "content", "unknown"}
+           "erase_image": 404, "erase_name": 404, "unknown": 404, "people": 200,
+           "person": 404, "name_person": 404, "merge_people": 404, "erase_person": 404}
+READ_ROUTES = {"match", "image", "content", "unknown", "people", "person"}
 
 
 def expected(route: str, who: str) -> int:
@@ -55,7 +61,7 @@ def expected(route: str, who: str) -> int:
 def call(app: FlaskClient, route: str, secret: str | None) -> int:
     method, path, body = ROUTES[route]
     headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-    if route == "scan_url":
+    if route in JSON_ROUTES:
         headers["Content-Type"] = "application/json"
     return app.open(path, method=method, data=body, headers=headers).status_code
 
