@@ -38,7 +38,8 @@ bp = Blueprint("ui", __name__, template_folder="templates")
 
 STATIC = Path(__file__).resolve().parent / "static" / "ui"
 # Only these files are served: the vendored test tools next to them never are.
-STATIC_FILES = {"ui.js": "text/javascript", "ui.css": "text/css"}
+STATIC_FILES = {"ui.js": "text/javascript", "ui.css": "text/css",
+                "favicon.svg": "image/svg+xml"}
 THUMBNAIL_SIDE = 320
 FACE_SIDE = 128
 MAX_PAGE = 100

@@ -149,8 +149,8 @@
   }
 
   // Boxes over a shown photo, placed in percent of its natural size.
-  function drawBoxes(figure, img, boxes) {
-    for (const old of figure.querySelectorAll(".box")) old.remove();
+  function drawBoxes(frame, img, boxes) {
+    for (const old of frame.querySelectorAll(".box")) old.remove();
     const width = img.naturalWidth;
     const height = img.naturalHeight;
     if (!width || !height) return;
@@ -162,7 +162,7 @@
       div.style.top = (100 * top / height) + "%";
       div.style.width = (100 * (right - left) / width) + "%";
       div.style.height = (100 * (bottom - top) / height) + "%";
-      figure.append(div);
+      frame.append(div);
     });
   }
 
@@ -190,16 +190,21 @@
     waiting: new Map(), // hash -> callbacks(status)
     delay: POLL_MIN,
     timer: null,
+    due: 0,
+    // A new image to watch brings the next poll forward to POLL_MIN from now, never later.
     watch(hash, callback) {
       if (!this.waiting.has(hash)) this.waiting.set(hash, []);
       this.waiting.get(hash).push(callback);
       this.delay = POLL_MIN;
-      if (this.timer) clearTimeout(this.timer);
-      this.timer = null;
+      if (this.timer && this.due - Date.now() > POLL_MIN) {
+        clearTimeout(this.timer);
+        this.timer = null;
+      }
       this.schedule();
     },
     schedule() {
       if (this.timer || !this.waiting.size) return;
+      this.due = Date.now() + this.delay;
       this.timer = setTimeout(() => this.tick(), this.delay);
     },
     async tick() {
@@ -493,7 +498,7 @@
     if (me.stored) {
       const img = await showPhoto((node) => picture(node, `/image/${hash}/content`,
                                                     "Photo: " + namesText(view.names)));
-      if (img) drawBoxes($("photo"), img, boxes);
+      if (img) drawBoxes($("frame"), img, boxes);
     }
     if (status === "queued") poller.watch(hash, () => imagePage());
     const erase = $("erase-image");
@@ -535,10 +540,10 @@
       data = await api("POST", "/search", file);
     } catch (e) {
       status.textContent = "Search failed: " + e.message;
-      drawBoxes($("photo"), img, []);
+      drawBoxes($("frame"), img, []);
       return;
     }
-    drawBoxes($("photo"), img, data.faces.map(boxOf));
+    drawBoxes($("frame"), img, data.faces.map(boxOf));
     $("photo-caption").textContent = `${data.faces.length} face${data.faces.length === 1 ? "" : "s"} found`;
     status.textContent = `${data.faces.length} face${data.faces.length === 1 ? "" : "s"} found; nothing was stored.`;
     data.faces.forEach((face, i) => {

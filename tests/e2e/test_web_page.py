@@ -1,0 +1,365 @@
+"""The web page in a real browser, against a real rest, worker, Redis and RabbitMQ.
+
+The tests of this module run in file order on one service, as a person would use it:
+upload, look, follow a match, search, name a person, erase. Each test opens its own
+browser context (nothing carried over but what the service holds) and fails on any
+console error or uncaught exception of its pages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, Request, expect
+
+from facerec.messages import sha256_hex
+from tests.e2e.conftest import Service, axe_violations, ready, screenshot
+from tests.services import FACES, http
+
+UPLOADS = ["kit_harington/john1.jpeg", "rose_leslie/img1.jpg", "groups/kit_with_rose.jpg"]
+HASH = {p: sha256_hex((FACES / p).read_bytes()) for p in [*UPLOADS, "rose_leslie/img2.jpg"]}
+GROUP = HASH["groups/kit_with_rose.jpg"]
+KIT = HASH["kit_harington/john1.jpeg"]
+ROSE = HASH["rose_leslie/img1.jpg"]
+KEYS = "admin:full:full-secret-e2e,viewer:read:read-secret-e2e"
+
+
+def api(service: Service, path: str) -> Any:
+    reply = http("GET", service.url + path)
+    assert reply.status == 200, (path, reply.body)
+    return reply.body
+
+
+def test_three_photos_uploaded_through_the_page_reach_done_without_reload_or_polling_storm(
+        page: Page, service: Service) -> None:
+    polls: list[tuple[float, list[str]]] = []
+
+    def record(request: Request) -> None:
+        if request.url.endswith("/ui/api/status"):
+            polls.append((time.monotonic(), json.loads(request.post_data or "{}")["hashes"]))
+    page.on("request", record)
+    page.goto(service.url + "/ui")
+    ready(page)
+    expect(page.locator("#gallery-count")).to_have_text("No images yet.")
+    page.evaluate("window.notReloaded = true")
+    page.set_input_files("#files", [str(FACES / p) for p in UPLOADS])
+    uploads = page.locator("#uploads li")
+    expect(uploads).to_have_count(3)
+    expect(page.locator("#uploads li[data-state='done']")).to_have_count(3, timeout=180_000)
+    expect(page.locator("#overall-text")).to_have_text("3 of 3 done, 0 failed")
+    assert page.evaluate("window.notReloaded") is True
+    # Each file's line: its name, a full progress bar, done with its faces.
+    for name, faces in (("john1.jpeg", 1), ("img1.jpg", 1), ("kit_with_rose.jpg", 2)):
+        line = uploads.filter(has_text=name)
+        expect(line.locator(".detail")).to_have_text(f"{faces} face{'s' if faces > 1 else ''}")
+        assert line.locator("progress").evaluate("p => p.value === p.max")
+    # One request for the whole batch each time, never two within the shortest interval.
+    assert polls, "the page never asked for the batch's status"
+    assert max(len(hashes) for _, hashes in polls) == 3
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(polls)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    # The gallery filled in by itself, newest first, as the API orders it.
+    cards = page.locator("#gallery li.card")
+    expect(cards).to_have_count(3)
+    newest = [v["hash"] for v in api(service, "/ui/api/images")["images"]]
+    assert [cards.nth(i).get_attribute("data-hash") for i in range(3)] == newest
+    expect(page.locator("#gallery-count")).to_have_text("3 images")
+    thumbs = page.locator("#gallery img.thumb")
+    expect(thumbs).to_have_count(3)
+    for i in range(3):
+        expect(thumbs.nth(i)).to_have_attribute("src", re.compile(r"^blob:"))
+        width = thumbs.nth(i).evaluate("img => img.decode().then(() => img.naturalWidth)")
+        assert 0 < width <= 320
+    screenshot(page, "gallery")
+
+
+def test_the_gallery_filters_by_name(page: Page, service: Service) -> None:
+    page.goto(service.url + "/ui")
+    ready(page)
+    page.fill("#name-filter", "KIT_with")
+    page.press("#name-filter", "Enter")
+    expect(page.locator("#gallery li.card")).to_have_count(1)
+    expect(page.locator("#gallery li.card")).to_have_attribute("data-hash", GROUP)
+    assert "name=KIT_with" in page.url
+    page.fill("#name-filter", "nobody-has-this-name")
+    page.click("#filter button")
+    expect(page.locator("#gallery li.card")).to_have_count(0)
+    expect(page.locator("#gallery-count")).to_contain_text("No image has a name containing")
+
+
+def test_the_group_photo_has_a_drawn_box_for_each_face_the_api_reports(
+        page: Page, service: Service) -> None:
+    view = api(service, f"/image/{GROUP}")
+    assert len(view["faces"]) == 2
+    page.goto(f"{service.url}/ui/image/{GROUP}")
+    ready(page)
+    boxes = page.locator("#photo .box")
+    expect(boxes).to_have_count(len(view["faces"]))
+    photo = page.locator("#photo-img").bounding_box()
+    assert photo is not None
+    natural = page.locator("#photo-img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    scale = photo["width"] / natural[0]
+    for i, face in enumerate(view["faces"]):
+        box = boxes.nth(i).bounding_box()
+        assert box is not None
+        # Where the API says the face is, on the photo as shown (3 px borders aside).
+        assert abs(box["x"] - (photo["x"] + face["left"] * scale)) < 4
+        assert abs(box["y"] - (photo["y"] + face["top"] * scale)) < 4
+        assert abs(box["width"] - (face["right"] - face["left"]) * scale) < 4
+    faces = page.locator("#faces li.face")
+    expect(faces).to_have_count(2)
+    # Each face lists the images that matched it: Kit's face Kit's photo, Rose's Rose's.
+    matched = {faces.nth(i).locator(".match a").first.get_attribute("href")
+               for i in range(2)}
+    assert matched == {f"/ui/image/{KIT}", f"/ui/image/{ROSE}"}
+    for i, face in enumerate(view["faces"]):
+        expect(faces.nth(i).locator(".match")).to_have_count(len(face["matches"]))
+        if face["person"] is not None:
+            expect(faces.nth(i).locator(f"a[href='/ui/people/{face['person']}']")).to_be_visible()
+    expect(faces.nth(0).locator(".match .names").first).not_to_be_empty()
+    expect(page.locator("#image-status .status")).to_have_text("done")
+    screenshot(page, "image")
+
+
+def test_a_match_leads_to_the_matching_image_which_matches_back(
+        page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/ui/image/{GROUP}")
+    ready(page)
+    page.locator(f"#faces .match a[href='/ui/image/{ROSE}']").click()
+    page.wait_for_url(f"**/ui/image/{ROSE}")
+    ready(page)
+    expect(page.locator("#image-names")).to_have_text("img1.jpg")
+    expect(page.locator("#photo .box")).to_have_count(1)
+    expect(page.locator(f"#faces .match a[href='/ui/image/{GROUP}']")).to_be_visible()
+    expect(page.locator(f"#faces .match a[href='/ui/image/{KIT}']")).to_have_count(0)
+
+
+def test_search_by_photo_boxes_its_faces_lists_their_matches_and_stores_nothing(
+        page: Page, service: Service) -> None:
+    page.goto(service.url + "/ui/search")
+    ready(page)
+    page.set_input_files("#search-file", str(FACES / "rose_leslie/img2.jpg"))
+    expect(page.locator("#search-status")).to_have_text(
+        "1 face found; nothing was stored.", timeout=60_000)
+    expect(page.locator("#photo .box")).to_have_count(1)
+    links = {a.get_attribute("href") for a in page.locator("#faces .match a").all()}
+    assert links == {f"/ui/image/{ROSE}", f"/ui/image/{GROUP}"}
+    expect(page.locator("#faces .match img.thumb").first).to_have_attribute(
+        "src", re.compile(r"^blob:"))
+    assert http("GET", f"{service.url}/image/{HASH['rose_leslie/img2.jpg']}").status == 404
+    screenshot(page, "search")
+
+
+def _people_routes(service: Service) -> None:
+    if http("GET", service.url + "/people").status == 404:
+        pytest.fail("GET /people answers 404: rest/people.py's blueprint is not registered")
+
+
+def test_people_are_listed_with_a_face_and_a_person_can_be_renamed(
+        page: Page, service: Service) -> None:
+    _people_routes(service)
+    listed = api(service, "/people")
+    page.goto(service.url + "/ui/people")
+    ready(page)
+    cards = page.locator("#people li.card")
+    expect(cards).to_have_count(len(listed["people"]))
+    assert len(listed["people"]) >= 2
+    first = listed["people"][0]
+    expect(cards.first.locator(".meta")).to_have_text(
+        f"{first['faces']} face{'s' if first['faces'] != 1 else ''}")
+    expect(cards.first.locator("img.face-crop")).to_have_attribute("src", re.compile("^blob:"))
+    screenshot(page, "people")
+    # Kit's person: the one his portrait's face belongs to.
+    kit = api(service, f"/image/{KIT}")["faces"][0]["person"]
+    page.locator(f"#people li[data-person='{kit}'] a").click()
+    page.wait_for_url(f"**/ui/people/{kit}")
+    ready(page)
+    expect(page.locator("#person-faces li.card")).to_have_count(
+        len(api(service, f"/people/{kit}")["faces"]))
+    page.fill("#person-name", "Kit <b>Harington</b>")
+    page.click("#rename button")
+    expect(page.locator("#message")).to_have_text("Renamed to Kit <b>Harington</b>.")
+    expect(page.locator("#person-title")).to_have_text("Kit <b>Harington</b>")
+    assert page.locator("#person-title b").count() == 0
+    assert api(service, f"/people/{kit}")["name"] == "Kit <b>Harington</b>"
+    screenshot(page, "person")
+    page.goto(service.url + "/ui/people")
+    ready(page)
+    expect(page.locator(f"#people [data-person='{kit}'] .names")).to_have_text(
+        "Kit <b>Harington</b>")
+
+
+def test_erasing_an_image_removes_it_from_the_gallery_and_from_the_others_matches(
+        page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/ui/image/{KIT}")
+    ready(page)
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+    page.on("dialog", accept)
+    page.click("#erase-image")
+    page.wait_for_url(re.compile(r"/ui$"))
+    ready(page)
+    assert dialogs and "john1.jpeg" in dialogs[0]
+    expect(page.locator("#message")).to_have_text("Erased the image john1.jpeg.")
+    expect(page.locator("#gallery li.card")).to_have_count(2)
+    expect(page.locator(f"#gallery [data-hash='{KIT}']")).to_have_count(0)
+    assert http("GET", f"{service.url}/image/{KIT}").status == 404
+    assert not (service.images / KIT).exists()
+    assert not (service.images / f"{KIT}.thumbnail").exists()
+    page.goto(f"{service.url}/ui/image/{GROUP}")
+    ready(page)
+    expect(page.locator("#photo .box")).to_have_count(2)
+    expect(page.locator(f"#faces a[href='/ui/image/{ROSE}']")).to_be_visible()
+    expect(page.locator(f"#faces a[href='/ui/image/{KIT}']")).to_have_count(0)
+
+
+def test_a_dismissed_confirmation_erases_nothing(page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/ui/image/{ROSE}")
+    ready(page)
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#erase-image")
+    page.wait_for_timeout(500)
+    assert http("GET", f"{service.url}/image/{ROSE}").status == 200
+    assert page.url.endswith(f"/ui/image/{ROSE}")
+
+
+def test_names_are_shown_as_text_never_as_markup(page: Page, service: Service) -> None:
+    hostile = '<img src=x onerror="window.pwned=1">.jpg'
+    page.goto(service.url + "/ui")
+    ready(page)
+    page.set_input_files("#files", {"name": hostile, "mimeType": "image/jpeg",
+                                    "buffer": (FACES / "obama/obama_small.jpg").read_bytes()})
+    expect(page.locator("#uploads li[data-state='done']")).to_have_count(1, timeout=120_000)
+    card = page.locator("#gallery li.card").filter(has_text="onerror")
+    expect(card.locator(".names")).to_have_text(hostile)
+    page.reload()
+    ready(page)
+    expect(page.locator("#gallery .names").filter(has_text="onerror")).to_have_text(hostile)
+    assert page.locator("img[src='x']").count() == 0
+    assert page.evaluate("window.pwned") is None
+
+
+@pytest.mark.parametrize("width", [375])
+def test_the_pages_fit_a_phone_width(page: Page, service: Service, width: int) -> None:
+    page.set_viewport_size({"width": width, "height": 800})
+    for path in ("/ui", f"/ui/image/{GROUP}", "/ui/search", "/ui/people"):
+        page.goto(service.url + path)
+        ready(page)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, (path, overflow)
+    page.goto(f"{service.url}/ui/image/{GROUP}")
+    ready(page)
+    expect(page.locator("#photo .box")).to_have_count(2)
+    screenshot(page, "phone-image")
+
+
+def test_every_page_can_be_used_with_the_keyboard(page: Page, service: Service) -> None:
+    page.goto(service.url + "/ui")
+    ready(page)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Enter")
+    # Tab through to the name filter, type, Enter: filtered without a mouse.
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "name-filter":
+            break
+    else:
+        pytest.fail("the name filter cannot be reached with Tab")
+    page.keyboard.type("img1")
+    page.keyboard.press("Enter")
+    expect(page.locator("#gallery li.card")).to_have_count(1)
+    page.keyboard.press("Tab")  # the Filter button
+    page.keyboard.press("Tab")  # the gallery's first link
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/ui/image/{ROSE}")
+
+
+@pytest.mark.parametrize("path", ["/ui", f"/ui/image/{GROUP}", "/ui/search", "/ui/people",
+                                  "person"])
+def test_axe_finds_no_serious_or_critical_violation(page: Page, service: Service,
+                                                   path: str) -> None:
+    if path == "person":
+        _people_routes(service)
+        path = f"/ui/people/{api(service, '/people')['people'][0]['id']}"
+    page.goto(service.url + path)
+    ready(page)
+    if path == "/ui/search":
+        page.set_input_files("#search-file", str(FACES / "rose_leslie/img2.jpg"))
+        expect(page.locator("#search-status")).to_contain_text("found", timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    assert axe_violations(page) == []
+
+
+def test_a_read_only_credential_sees_everything_and_can_change_nothing(
+        page: Page, service: Service) -> None:
+    url = service.start_rest(API_KEYS=KEYS)
+    secrets: list[str] = []
+    page.on("request", lambda r: secrets.append(r.url) if "secret-e2e" in r.url else None)
+    page.goto(url + "/ui")
+    expect(page.locator("#sign-in")).to_be_visible()
+    expect(page.locator("#main")).to_be_hidden()
+    screenshot(page, "sign-in")
+    page.fill("#credential", "not-the-secret")
+    page.press("#credential", "Enter")
+    expect(page.locator("#sign-in-error")).to_have_text("That credential was not accepted.")
+    page.fill("#credential", "read-secret-e2e")
+    page.press("#credential", "Enter")
+    ready(page)
+    expect(page.locator("#who")).to_have_text("Signed in as viewer (read only)")
+    expect(page.locator("#upload")).to_be_hidden()
+    expect(page.locator("#gallery li.card")).to_have_count(3)
+    expect(page.locator("#gallery img.thumb").first).to_have_attribute(
+        "src", re.compile("^blob:"))
+    assert page.evaluate("sessionStorage.getItem('facerec.credential')") == "read-secret-e2e"
+    assert page.evaluate("localStorage.length") == 0
+    page.goto(f"{url}/ui/image/{GROUP}")
+    ready(page)
+    expect(page.locator("#photo .box")).to_have_count(2)
+    expect(page.locator("#erase-image")).to_be_hidden()
+    if http("GET", service.url + "/people").status == 200:
+        person = api(service, "/people")["people"][0]["id"]
+        page.goto(f"{url}/ui/people/{person}")
+        ready(page)
+        expect(page.locator("#rename")).to_be_hidden()
+        expect(page.locator("#merge")).to_be_hidden()
+        expect(page.locator("#erase-person")).to_be_hidden()
+    # A full credential gets the controls; signing out forgets the credential.
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    page.fill("#credential", "full-secret-e2e")
+    page.press("#credential", "Enter")
+    ready(page)
+    expect(page.locator("#who")).to_have_text("Signed in as admin (full access)")
+    page.goto(url + "/ui")
+    ready(page)
+    expect(page.locator("#upload")).to_be_visible()
+    assert secrets == [], "a secret appeared in a URL"
+
+
+def test_without_stored_images_the_page_says_so_and_asks_for_no_picture(
+        page: Page, service: Service) -> None:
+    url = service.start_rest(IMAGE_STORE="inline")
+    pictures: list[str] = []
+    page.on("request", lambda r: pictures.append(r.url)
+            if "/thumbnail" in r.url or "/content" in r.url or "/face/" in r.url else None)
+    page.goto(url + "/ui")
+    ready(page)
+    expect(page.locator("#not-stored")).to_be_visible()
+    expect(page.locator("#gallery li.card")).to_have_count(3)
+    expect(page.locator("#gallery .nopic").first).to_have_text("not stored")
+    screenshot(page, "not-stored")
+    page.goto(f"{url}/ui/image/{GROUP}")
+    ready(page)
+    expect(page.locator("#photo")).to_be_hidden()
+    expect(page.locator("#faces li.face")).to_have_count(2)
+    assert pictures == []
