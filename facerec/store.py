@@ -952,6 +952,22 @@ class Store:
         return person
 
     @_translated
+    def people_of(self, faces: list[tuple[str, int]]) -> dict[tuple[str, int], dict[str, object]]:
+        """The person ({"id", "name"}) of each of these faces (image hash, position) that
+        is in one."""
+        meta = self._db[META]
+        pipe = meta.pipeline(transaction=False)
+        for h, j in faces:
+            pipe.hget(FACE_PREFIX + h, str(j))
+        ids = dict(zip(faces, pipe.execute(), strict=True))
+        known = sorted({p for p in ids.values() if p is not None})
+        pipe = meta.pipeline(transaction=False)
+        for pid in known:
+            pipe.hget(PERSON_PREFIX + pid, "name")
+        names = dict(zip(known, pipe.execute(), strict=True))
+        return {f: {"id": int(p), "name": names[p]} for f, p in ids.items() if p is not None}
+
+    @_translated
     def person_images(self, person_id: int) -> list[str]:
         """The images holding a face of this person."""
         refs = cast(set[str], self._db[META].smembers(f"{PERSON_PREFIX}{person_id}:faces"))

@@ -42,14 +42,14 @@ _READ: dict[str, Any] = {"security": [{"bearer": []}], "x-facerec-scope": READ}
 _FULL: dict[str, Any] = {"security": [{"bearer": []}], "x-facerec-scope": FULL}
 _PERSON_PARAM = {"name": "person_id", "in": "path", "required": True,
                  "schema": {"type": "integer", "minimum": 0}}
-_FACE_REF = {"type": "object", "required": ["hash", "face", "box"],
+_FACE_REF: dict[str, Any] = {"type": "object", "required": ["hash", "face", "box"],
              "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN},
                             "face": {"type": "integer",
                                      "description": "the face's position in its image"},
                             "box": {"type": "array", "items": {"type": "integer"},
                                     "minItems": 4, "maxItems": 4, "nullable": True,
                                     "description": "top, right, bottom, left"}}}
-_PERSON_SUMMARY = {"type": "object", "required": ["id", "name", "faces", "face"],
+_PERSON_SUMMARY: dict[str, Any] = {"type": "object", "required": ["id", "name", "faces", "face"],
                    "properties": {"id": {"type": "integer"},
                                   "name": {"type": "string", "nullable": True},
                                   "faces": {"type": "integer"},
@@ -306,11 +306,22 @@ SPEC: dict[str, Any] = {
                             "minItems": 4, "maxItems": 4,
                             "description": "top, right, bottom, left"},
                     "matches": {"type": "array", "items": {
-                        "type": "object", "required": ["hash", "names", "distance"],
+                        "type": "object",
+                        "required": ["hash", "names", "distance", "face", "person"],
                         "properties": {"hash": {"type": "string", "pattern": HASH_PATTERN},
                                        "names": {"type": "array",
                                                  "items": {"type": "string"}},
-                                       "distance": {"type": "number"}}}}}}}}},
+                                       "distance": {"type": "number"},
+                                       "face": {"type": "integer",
+                                                "description": "which face of that image"},
+                                       "person": {
+                                           "type": "object", "nullable": True,
+                                           "required": ["id", "name"],
+                                           "description": "the person of that face",
+                                           "properties": {
+                                               "id": {"type": "integer"},
+                                               "name": {"type": "string",
+                                                        "nullable": True}}}}}}}}}}},
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Hash": {"type": "object", "required": ["hash"],

@@ -52,7 +52,8 @@ def _checked(answer: Any) -> list[dict[str, Any]]:
                 and isinstance(matches, list)):
             raise SearchUnavailable("a worker gave a malformed answer")
         out.append({"box": box, "matches": [
-            {"hash": str(m["hash"]), "distance": float(m["distance"])} for m in matches]})
+            {"hash": str(m["hash"]), "distance": float(m["distance"]),
+             "face": int(m.get("face", -1))} for m in matches]})
     return out
 
 
@@ -85,9 +86,12 @@ def search() -> Response:
     found = _checked(answer)
     hashes = sorted({m["hash"] for face in found for m in face["matches"]})
     names = dict(zip(hashes, s.store.names_of(hashes), strict=True))
+    people = s.store.people_of([(m["hash"], m["face"]) for face in found
+                                for m in face["matches"]])
     for face in found:
         for m in face["matches"]:
             m["names"] = sorted(names[m["hash"]])
+            m["person"] = people.get((m["hash"], m["face"]))
     g.detail = f"{len(found)} faces, {len(hashes)} matching images, nothing stored"
     metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
     return jsonify(faces=found)

@@ -57,6 +57,10 @@ def test_searching_each_shared_photo_finds_what_match_finds_and_stores_nothing(
             distances = [m["distance"] for m in face["matches"]]
             assert distances == sorted(distances)
             assert all(m["names"] for m in face["matches"])
+        # Each face of the photo itself is found at distance 0, in the person it is in.
+        for face, stored in zip(answer["faces"], view["faces"], strict=True):
+            itself = [m for m in face["matches"] if m["hash"] == h]
+            assert itself and itself[0]["person"]["id"] == stored["person"], photo.path
     # A photo never scanned: answered, and nothing of it is kept anywhere.
     buffer = io.BytesIO()
     Image.open(FACES / "obama/obama.jpg").save(buffer, "PNG")  # same pixels, other bytes

@@ -50,8 +50,8 @@ class SearchHandler:
             metrics.SEARCHES.labels("invalid").inc()
             return Reply(json.dumps({"error": str(exc)}).encode(), {"status": "invalid"})
         answer = {"schema": SEARCH_SCHEMA, "faces": [
-            {"box": list(box), "matches": [{"hash": m.image_hash, "distance": m.distance}
-                                           for m in matches]}
+            {"box": list(box), "matches": [{"hash": m.image_hash, "distance": m.distance,
+                                            "face": m.stored_face} for m in matches]}
             for box, matches in zip(found.boxes, per_face, strict=True)]}
         metrics.SEARCHES.labels("answered").inc()
         self.log.info("search: %d faces, %d matches in %.2fs (nothing stored)", len(found.boxes),
