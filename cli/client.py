@@ -79,3 +79,17 @@ class Client:
     def delete_name(self, name: str) -> dict[str, Any]:
         # URLs are names too: every reserved character is escaped, slashes included.
         return dict(self._request("DELETE", f"/name/{quote(name, safe='')}").json())
+
+    def people(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        params = {"offset": str(offset), "limit": str(limit)}
+        return dict(self._request("GET", "/people", params=params).json())
+
+    def person(self, person_id: int) -> dict[str, Any]:
+        return dict(self._request("GET", f"/people/{person_id}").json())
+
+    def name_person(self, person_id: int, name: str | None) -> dict[str, Any]:
+        return dict(self._request("PUT", f"/people/{person_id}", json={"name": name}).json())
+
+    def merge_people(self, person_id: int, other: int) -> dict[str, Any]:
+        return dict(self._request("POST", f"/people/{person_id}/merge",
+                                  json={"from": other}).json())

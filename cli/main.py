@@ -336,6 +336,60 @@ def delete(ctx: Ctx, target: str | None, name: str | None) -> None:
                   f"{e['dead_letters']} dead letter(s)", highlight=False)
 
 
+def _person_line(p: dict[str, Any]) -> str:
+    return f"{p['id']:>6}  {p['faces']:>5} face(s)  {p['name'] or '(no name)'}"
+
+
+def _person_id(text: str) -> int:
+    if not text.isdigit():
+        raise click.UsageError(f"a person id is a number, not {text!r}")
+    return int(text)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("words", nargs=-1)
+@click.option("--limit", type=int, default=50, show_default=True, help="people listed")
+@click.option("--offset", type=int, default=0, help="skip the largest OFFSET people")
+@click.pass_obj
+def people(ctx: Ctx, words: tuple[str, ...], limit: int, offset: int) -> None:
+    """The people the faces were grouped into.
+
+    \b
+    facerec people                 list them, largest first
+    facerec people ID              one person's faces
+    facerec people name ID NAME    name a person ("" clears the name)
+    facerec people merge ID OTHER  move every face of OTHER into ID
+    """
+    if not words:
+        answer = ctx.client.people(offset, limit)
+        if ctx.as_json:
+            out.print_json(json.dumps(answer))
+            return
+        for p in answer["people"]:
+            out.print(_person_line(p), highlight=False, markup=False)
+        err.print(f"{answer['total']} people", highlight=False)
+        return
+    verb, args = (words[0], words[1:]) if words[0] in ("name", "merge") else ("show", words)
+    if verb == "name" and len(args) == 2:
+        answer = ctx.client.name_person(_person_id(args[0]), args[1] or None)
+    elif verb == "merge" and len(args) == 2:
+        answer = ctx.client.merge_people(_person_id(args[0]), _person_id(args[1]))
+    elif verb == "show" and len(args) == 1:
+        answer = ctx.client.person(_person_id(args[0]))
+    else:
+        raise click.UsageError("facerec people [ID] | people name ID NAME | "
+                               "people merge ID OTHER")
+    if ctx.as_json:
+        out.print_json(json.dumps(answer))
+        return
+    faces = answer["faces"]
+    out.print(_person_line({**answer, "faces": len(faces) if isinstance(faces, list)
+                            else faces}), highlight=False, markup=False)
+    for f in faces if isinstance(faces, list) else []:
+        out.print(f"  {f['hash'][:12]}… face {f['face']}  {', '.join(f['names']) or '-'}",
+                  highlight=False, markup=False)
+
+
 COMPONENT_STYLE = {"rest": "cyan", "worker": "green", "logs": "magenta"}
 
 

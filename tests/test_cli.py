@@ -56,6 +56,20 @@ def test_scan_wait_prints_every_image_with_its_matches_and_a_summary(env: Env) -
     status = facerec(env, rest, "status", entry["hash"])
     assert "status:  done" in status.stdout and "faces:   2" in status.stdout
 
+    # People: Kit (3 photos and the group) and Rose (2 and the group).
+    listed = json.loads(facerec(env, rest, "--json", "people").stdout)
+    assert listed["total"] == 2 and [p["faces"] for p in listed["people"]] == [4, 3]
+    kit, rose = (p["id"] for p in listed["people"])
+    named = facerec(env, rest, "people", "name", str(rose), "Rose Leslie")
+    assert named.returncode == 0 and "3 face(s)  Rose Leslie" in named.stdout, named.stderr
+    shown = facerec(env, rest, "people", str(rose)).stdout.splitlines()
+    assert "Rose Leslie" in shown[0] and len(shown) == 4
+    assert sorted(line.split("  ")[-1] for line in shown[1:]) == [
+        "img1.jpg", "img2.jpg", "kit_with_rose.jpg"]
+    refused = facerec(env, rest, "people", "merge", str(kit), str(rose))
+    assert refused.returncode == 1 and "a photo has a face of each" in refused.stderr
+    assert facerec(env, rest, "people", "name", "x", "y").returncode != 0
+
     # Metrics: rest counted the scans, the worker its images and faces.
     text = http("GET", f"{rest}/metrics").body.decode()
     assert 'facerec_scans_accepted_total{kind="upload",outcome="queued"} 6.0' in text
