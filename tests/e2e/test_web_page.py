@@ -8,6 +8,7 @@ console error or uncaught exception of its pages.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -18,8 +19,8 @@ import pytest
 from playwright.sync_api import Page, Request, expect
 
 from facerec.messages import sha256_hex
-from tests.e2e.conftest import Service, axe_violations, ready, screenshot
-from tests.services import FACES, http
+from tests.e2e.conftest import Console, Service, axe_violations, ready, screenshot
+from tests.services import FACES, http, image_server
 
 UPLOADS = ["kit_harington/john1.jpeg", "rose_leslie/img1.jpg", "groups/kit_with_rose.jpg"]
 HASH = {p: sha256_hex((FACES / p).read_bytes()) for p in [*UPLOADS, "rose_leslie/img2.jpg"]}
@@ -160,38 +161,79 @@ def _people_routes(service: Service) -> None:
         pytest.fail("GET /people answers 404: rest/people.py's blueprint is not registered")
 
 
-def test_people_are_listed_with_a_face_and_a_person_can_be_renamed(
-        page: Page, service: Service) -> None:
+def _person_of(service: Service, image_hash: str, matching: str | None = None) -> int:
+    """The person of an image's face (of the face that matched `matching`, if given)."""
+    faces = api(service, f"/image/{image_hash}")["faces"]
+    for face in faces:
+        if matching is None or any(m["hash"] == matching for m in face["matches"]):
+            return int(face["person"])
+    raise AssertionError(f"no face of {image_hash} matches {matching}")
+
+
+def test_people_are_listed_each_with_a_face_and_its_count(page: Page, service: Service) -> None:
     _people_routes(service)
     listed = api(service, "/people")
+    # PEOPLE_TOLERANCE=0.3: each of the four faces is a person of its own for now.
+    assert listed["total"] == 4
     page.goto(service.url + "/ui/people")
     ready(page)
     cards = page.locator("#people li.card")
-    expect(cards).to_have_count(len(listed["people"]))
-    assert len(listed["people"]) >= 2
-    first = listed["people"][0]
-    expect(cards.first.locator(".meta")).to_have_text(
-        f"{first['faces']} face{'s' if first['faces'] != 1 else ''}")
-    expect(cards.first.locator("img.face-crop")).to_have_attribute("src", re.compile("^blob:"))
-    screenshot(page, "people")
-    # Kit's person: the one his portrait's face belongs to.
-    kit = api(service, f"/image/{KIT}")["faces"][0]["person"]
-    page.locator(f"#people li[data-person='{kit}'] a").click()
-    page.wait_for_url(f"**/ui/people/{kit}")
+    expect(cards).to_have_count(4)
+    expect(page.locator("#people-count")).to_have_text("4 people, most faces first")
+    for i, person in enumerate(listed["people"]):
+        expect(cards.nth(i)).to_have_attribute("data-person", str(person["id"]))
+        expect(cards.nth(i).locator(".meta")).to_have_text("1 face")
+        expect(cards.nth(i).locator("img.face-crop")).to_have_attribute(
+            "src", re.compile("^blob:"))
+        width = cards.nth(i).locator("img.face-crop").evaluate(
+            "img => img.decode().then(() => img.naturalWidth)")
+        assert 0 < width <= 128
+
+
+def test_two_people_are_merged_then_named_and_a_refused_merge_says_why(
+        page: Page, service: Service, console: Console) -> None:
+    _people_routes(service)
+    kit = _person_of(service, KIT)
+    kit_in_group = _person_of(service, GROUP, matching=KIT)
+    rose_in_group = _person_of(service, GROUP, matching=ROSE)
+    page.goto(f"{service.url}/ui/people/{kit}")
     ready(page)
-    expect(page.locator("#person-faces li.card")).to_have_count(
-        len(api(service, f"/people/{kit}")["faces"]))
+    expect(page.locator("#person-title")).to_have_text(f"Unnamed person #{kit}")
+    expect(page.locator("#person-faces li.card")).to_have_count(1)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.fill("#merge-from", str(kit_in_group))
+    page.click("#merge button")
+    expect(page.locator("#message")).to_have_text(f"Merged person #{kit_in_group} into this one.")
+    expect(page.locator("#person-faces li.card")).to_have_count(2)
+    expect(page.locator("#person-faces .names")).to_have_text(["john1.jpeg", "kit_with_rose.jpg"])
+    assert len(api(service, f"/people/{kit}")["faces"]) == 2
+    # Names are text: markup in one stays markup-looking text.
     page.fill("#person-name", "Kit <b>Harington</b>")
     page.click("#rename button")
     expect(page.locator("#message")).to_have_text("Renamed to Kit <b>Harington</b>.")
     expect(page.locator("#person-title")).to_have_text("Kit <b>Harington</b>")
-    assert page.locator("#person-title b").count() == 0
-    assert api(service, f"/people/{kit}")["name"] == "Kit <b>Harington</b>"
+    assert page.locator("#person-title b, #message b").count() == 0
+    page.fill("#person-name", "Kit Harington")
+    page.press("#person-name", "Enter")
+    expect(page.locator("#person-title")).to_have_text("Kit Harington")
+    assert api(service, f"/people/{kit}")["name"] == "Kit Harington"
     screenshot(page, "person")
+    # Rose's face in the group photo shares that photo with Kit: the service refuses.
+    console.expect_refusal(409)
+    page.fill("#merge-from", str(rose_in_group))
+    page.click("#merge button")
+    expect(page.locator("#message")).to_contain_text("Could not merge: ")
+    expect(page.locator("#message")).to_have_class(re.compile("error"))
+    expect(page.locator("#person-faces li.card")).to_have_count(2)
     page.goto(service.url + "/ui/people")
     ready(page)
-    expect(page.locator(f"#people [data-person='{kit}'] .names")).to_have_text(
-        "Kit <b>Harington</b>")
+    expect(page.locator("#people li.card")).to_have_count(3)
+    expect(page.locator("#people li.card").first.locator(".names")).to_have_text("Kit Harington")
+    expect(page.locator("#people li.card").first.locator(".meta")).to_have_text("2 faces")
+    screenshot(page, "people")
+    page.goto(f"{service.url}/ui/image/{GROUP}")
+    ready(page)
+    expect(page.locator(f"#faces a[data-person='{kit}']")).to_have_text("Kit Harington")
 
 
 def test_erasing_an_image_removes_it_from_the_gallery_and_from_the_others_matches(
@@ -245,6 +287,51 @@ def test_names_are_shown_as_text_never_as_markup(page: Page, service: Service) -
     expect(page.locator("#gallery .names").filter(has_text="onerror")).to_have_text(hostile)
     assert page.locator("img[src='x']").count() == 0
     assert page.evaluate("window.pwned") is None
+
+
+def test_pasted_urls_are_fetched_and_reach_done(page: Page, service: Service) -> None:
+    with image_server((FACES / "biden/biden.jpg").read_bytes()) as (base, requested):
+        page.goto(service.url + "/ui")
+        ready(page)
+        page.fill("#urls", f"{base}/biden.jpg")
+        page.click("#url-form button")
+        line = page.locator("#uploads li").filter(has_text=f"{base}/biden.jpg")
+        expect(line).to_have_attribute("data-state", "done", timeout=120_000)
+        expect(line.locator(".detail")).to_have_text("1 face")
+        assert requested == ["/biden.jpg"]
+    expect(page.locator("#gallery .names").filter(has_text="biden.jpg")).to_have_count(1)
+
+
+def test_a_file_that_is_not_an_image_fails_with_the_service_s_reason(
+        page: Page, service: Service, console: Console) -> None:
+    console.expect_refusal(400)
+    page.goto(service.url + "/ui")
+    ready(page)
+    page.set_input_files("#files", {"name": "notes.jpg", "mimeType": "image/jpeg",
+                                    "buffer": b"these are not the pixels you are looking for"})
+    line = page.locator("#uploads li").filter(has_text="notes.jpg")
+    expect(line).to_have_attribute("data-state", "failed")
+    expect(line.locator(".detail")).to_contain_text("not a decodable image")
+    expect(page.locator("#overall-text")).to_have_text("0 of 1 done, 1 failed")
+
+
+def test_a_photo_dropped_on_the_page_is_uploaded(page: Page, service: Service) -> None:
+    page.goto(service.url + "/ui")
+    ready(page)
+    photo = base64.b64encode((FACES / "rose_leslie/img1.jpg").read_bytes()).decode()
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        return transfer;
+    }""", photo)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    line = page.locator("#uploads li").filter(has_text="dropped.jpg")
+    # The same bytes as img1.jpg: a second name for an image already done.
+    expect(line).to_have_attribute("data-state", "done")
+    assert "dropped.jpg" in api(service, f"/image/{ROSE}")["names"]
+    expect(page.locator(f"#gallery [data-hash='{ROSE}'] .names")).to_have_text(
+        "dropped.jpg, img1.jpg")
 
 
 @pytest.mark.parametrize("width", [375])
@@ -316,7 +403,7 @@ def test_a_read_only_credential_sees_everything_and_can_change_nothing(
     ready(page)
     expect(page.locator("#who")).to_have_text("Signed in as viewer (read only)")
     expect(page.locator("#upload")).to_be_hidden()
-    expect(page.locator("#gallery li.card")).to_have_count(3)
+    expect(page.locator("#gallery li.card")).to_have_count(api(service, "/ui/api/images")["total"])
     expect(page.locator("#gallery img.thumb").first).to_have_attribute(
         "src", re.compile("^blob:"))
     assert page.evaluate("sessionStorage.getItem('facerec.credential')") == "read-secret-e2e"
@@ -355,7 +442,7 @@ def test_without_stored_images_the_page_says_so_and_asks_for_no_picture(
     page.goto(url + "/ui")
     ready(page)
     expect(page.locator("#not-stored")).to_be_visible()
-    expect(page.locator("#gallery li.card")).to_have_count(3)
+    expect(page.locator("#gallery li.card")).to_have_count(api(service, "/ui/api/images")["total"])
     expect(page.locator("#gallery .nopic").first).to_have_text("not stored")
     screenshot(page, "not-stored")
     page.goto(f"{url}/ui/image/{GROUP}")
@@ -363,3 +450,32 @@ def test_without_stored_images_the_page_says_so_and_asks_for_no_picture(
     expect(page.locator("#photo")).to_be_hidden()
     expect(page.locator("#faces li.face")).to_have_count(2)
     assert pictures == []
+
+
+def test_erasing_a_person_erases_every_image_holding_their_faces(
+        page: Page, service: Service) -> None:
+    _people_routes(service)
+    obama_photo = sha256_hex((FACES / "obama/obama_small.jpg").read_bytes())
+    obama = _person_of(service, obama_photo)
+    before = {v["hash"] for v in api(service, "/ui/api/images?limit=100")["images"]}
+    assert obama_photo in before
+    page.goto(f"{service.url}/ui/people/{obama}")
+    ready(page)
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+    page.on("dialog", accept)
+    page.click("#erase-person")
+    page.wait_for_url(re.compile(r"/ui/people$"))
+    ready(page)
+    assert dialogs and "every image holding one of their 1 face" in dialogs[0]
+    expect(page.locator("#message")).to_have_text("Erased 1 image.")
+    expect(page.locator(f"#people [data-person='{obama}']")).to_have_count(0)
+    after = {v["hash"] for v in api(service, "/ui/api/images?limit=100")["images"]}
+    assert after == before - {obama_photo}
+    assert not (service.images / obama_photo).exists()
+    page.goto(service.url + "/ui")
+    ready(page)
+    expect(page.locator(f"#gallery [data-hash='{obama_photo}']")).to_have_count(0)

@@ -447,6 +447,19 @@
     return li;
   }
 
+  // Each person link says the person's name once it is known (one request a person).
+  function nameThePeople(root) {
+    const ids = new Set([...root.querySelectorAll("a[data-person]")].map((a) => a.dataset.person));
+    for (const id of ids) {
+      api("GET", "/people/" + encodeURIComponent(id)).then((person) => {
+        if (!person.name) return;
+        for (const a of root.querySelectorAll(`a[data-person="${CSS.escape(id)}"]`)) {
+          a.textContent = person.name;
+        }
+      }, () => {});
+    }
+  }
+
   async function imagePage() {
     const hash = body.dataset.hash;
     let view;
@@ -474,7 +487,9 @@
         picture(crop, `/image/${hash}/face/${i}`, "");
       }
       if (face.person !== undefined && face.person !== null) {
-        extra.push(el("p", {}, el("a", { href: personLink(face.person), text: `Person #${face.person}` })));
+        const link = el("a", { href: personLink(face.person), "data-person": face.person,
+                               text: `Person #${face.person}` });
+        extra.push(el("p", {}, link));
       }
       let matches = null;
       if (Array.isArray(face.matches)) {
@@ -488,6 +503,7 @@
     if (!view.faces.length) {
       list.append(el("li", { text: status === "done" ? "No face found." : "No faces yet." }));
     }
+    nameThePeople(list);
     // Without per-face matches (an older service), the image's matches as a whole.
     const perFace = view.faces.length && view.faces.every((f) => Array.isArray(f.matches));
     $("image-matches-section").hidden = perFace || !view.matches.length;
