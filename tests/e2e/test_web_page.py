@@ -20,7 +20,7 @@ from playwright.sync_api import Page, Request, expect
 
 from facerec.messages import sha256_hex
 from tests.e2e.conftest import Console, Service, axe_violations, ready, screenshot
-from tests.services import FACES, http, image_server
+from tests.services import FACES, Vhost, http, image_server
 
 UPLOADS = ["kit_harington/john1.jpeg", "rose_leslie/img1.jpg", "groups/kit_with_rose.jpg"]
 HASH = {p: sha256_hex((FACES / p).read_bytes()) for p in [*UPLOADS, "rose_leslie/img2.jpg"]}
@@ -300,6 +300,28 @@ def test_pasted_urls_are_fetched_and_reach_done(page: Page, service: Service) ->
         expect(line.locator(".detail")).to_have_text("1 face")
         assert requested == ["/biden.jpg"]
     expect(page.locator("#gallery .names").filter(has_text="biden.jpg")).to_have_count(1)
+
+
+def test_an_image_queued_elsewhere_turns_done_in_the_open_gallery_by_itself(
+        page: Page, service: Service) -> None:
+    # A rest on a vhost of its own with no worker yet: what it queues stays queued.
+    vhost = Vhost().create()
+    try:
+        rest = service.start_rest(RABBITMQ_VHOST=vhost.name)
+        photo = (FACES / "alex_lacamoire/img1.jpg").read_bytes()
+        h = http("POST", f"{rest}/scan/image/alex.jpg", photo).body["hash"]
+        page.goto(service.url + "/ui")
+        ready(page)
+        card = page.locator(f"#gallery li[data-hash='{h}']")
+        expect(card.locator(".status")).to_have_text("queued")
+        page.evaluate("window.notReloaded = true")
+        worker = service.env.start_worker(RABBITMQ_VHOST=vhost.name, **service.extra)
+        expect(card.locator(".status")).to_have_text("done", timeout=120_000)
+        expect(card.locator(".meta")).to_have_text("done · 1 face")
+        assert page.evaluate("window.notReloaded") is True
+        service.env.stop(worker)
+    finally:
+        vhost.delete()
 
 
 def test_a_file_that_is_not_an_image_fails_with_the_service_s_reason(

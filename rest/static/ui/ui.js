@@ -117,6 +117,11 @@
     return node;
   }
 
+  // Pictures about to leave the page give their blob: memory back.
+  function releasePictures(root) {
+    for (const img of root.querySelectorAll("img[src^='blob:']")) URL.revokeObjectURL(img.src);
+  }
+
   function placeholder(text) {
     return el("span", { class: "nopic", text });
   }
@@ -194,7 +199,8 @@
     // A new image to watch brings the next poll forward to POLL_MIN from now, never later.
     watch(hash, callback) {
       if (!this.waiting.has(hash)) this.waiting.set(hash, []);
-      this.waiting.get(hash).push(callback);
+      const callbacks = this.waiting.get(hash);
+      if (!callbacks.includes(callback)) callbacks.push(callback);
       this.delay = POLL_MIN;
       if (this.timer && this.due - Date.now() > POLL_MIN) {
         clearTimeout(this.timer);
@@ -237,8 +243,11 @@
     const query = new URLSearchParams({ offset: gallery.offset, limit: PAGE, name: gallery.name });
     const data = await api("GET", "/ui/api/images?" + query);
     const list = $("gallery");
+    releasePictures(list);
     list.replaceChildren();
     for (const image of data.images) {
+      // An image still queued (uploaded elsewhere, or before a reload) updates by itself.
+      if (image.status === "queued") poller.watch(image.hash, refreshGallery);
       const img = el("img", { class: "thumb", alt: "" });
       const faces = Array.isArray(image.faces) ? image.faces.length : 0;
       const status = image.status || "unknown";
@@ -596,6 +605,7 @@
     const query = new URLSearchParams({ offset: people.offset, limit: PAGE });
     const data = await api("GET", "/people?" + query);
     const list = $("people");
+    releasePictures(list);
     list.replaceChildren();
     for (const person of data.people) {
       const img = el("img", { class: "face-crop", alt: "" });
