@@ -106,9 +106,17 @@ def page(browser: Browser, console: Console) -> Iterator[Page]:
 
 
 def screenshot(page: Page, name: str) -> None:
-    """docs/screenshots/<name>.png (the README shows them)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    """<name>.png once every picture has loaded: in docs/screenshots (the README shows
+    them) when FACEREC_SCREENSHOTS=docs, else beside the test run's temporary files, so
+    that running the tests leaves the committed ones alone."""
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("[...document.images].every((img) => img.complete)")
+    if os.environ.get("FACEREC_SCREENSHOTS") == "docs":
+        folder = SCREENSHOTS
+    else:
+        folder = Path(os.environ.get("TMPDIR", "/tmp")) / "facerec-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
 def ready(page: Page) -> None:
