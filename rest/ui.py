@@ -23,10 +23,11 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request, send_file
 from flask.blueprints import BlueprintSetupState
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from facerec import faces
 from facerec.credentials import FULL, identify
+from facerec.errors import InvalidImage
 from facerec.messages import is_image_hash
 from rest.access import OPEN, READ, needs
 from rest.errors import ApiError
@@ -127,9 +128,10 @@ def static(name: str) -> Response:
 @needs(OPEN)
 def whoami() -> Response:
     """What the page may show: whether a credential is needed, the one presented (its id
-    and scope, never the secret), and whether images are stored to be shown."""
+    and scope, never the secret), and whether images are kept to be shown."""
     s = services()
-    stored = not s.images.inline
+    # IMAGE_STORE_KEEP=false deletes each image once scanned: nothing is left to show.
+    stored = not s.images.inline and s.settings.image_store_keep
     if not s.credentials:
         return jsonify(required=False, id=None, scope=FULL, stored=stored)
     credential = identify(s.credentials, request.headers.get("Authorization", ""))
@@ -179,15 +181,47 @@ def status() -> Response:
 
 # -- thumbnails -----------------------------------------------------------------------------
 
+# EXIF orientations that turn the picture a quarter (width and height trade places).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def _draft_scale(width: int, height: int, side: int) -> int:
+    """The JPEG decoder's reduction (1, 2, 4 or 8) Pillow's draft picks for `side`."""
+    fits = min(width // side, height // side)
+    return next(s for s in (8, 4, 2, 1) if s <= max(fits, 1))
+
+
+def thumbnail_cost(info: faces.Inspection, side: int = THUMBNAIL_SIDE) -> int:
+    """The memory make_thumbnail needs at its peak: a JPEG is decoded reduced (its DCT
+    scaling), so a 24-megapixel photo costs a few MiB, not the worker's full decode."""
+    if info.format != "JPEG":
+        return info.decode_bytes
+    eighth = -(-info.width // 8) * -(-info.height // 8) * 4
+    coefficients = max(0, info.check_bytes - eighth)  # progressive JPEGs' buffer
+    scale = _draft_scale(info.width, info.height, side)
+    pixels = -(-info.width // scale) * -(-info.height // scale)
+    return pixels * (4 + 4 + 3) + coefficients
+
+
 def make_thumbnail(data: bytes, max_pixels: int, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A JPEG at most `side` pixels on its longer side, upright, from image bytes decoded
-    with the service's bounded decoder; its comment records the original's upright size."""
-    rgb = faces.decode(data, max_pixels)
-    height, width = rgb.shape[:2]
-    image = Image.fromarray(rgb)
-    image.thumbnail((side, side))
+    """A JPEG at most `side` pixels on its longer side, upright (EXIF), from image bytes
+    that pass the bounded decoder's structural checks (faces.inspect); a JPEG is decoded
+    at the smallest DCT scale still at least `side`. Its comment records the upright
+    original's size, in whose pixels face boxes are given."""
+    info = faces.inspect(data, max_pixels)
+    try:
+        with Image.open(io.BytesIO(data), formats=sorted(faces.ACCEPTED_FORMATS)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (side, side))
+            image.load()
+            turns = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"corrupt or truncated image: {exc}") from None
+    width, height = (info.height, info.width) if turns else (info.width, info.height)
+    upright.thumbnail((side, side))
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=80, comment=f"facerec-size {width}x{height}".encode())
+    upright.save(out, "JPEG", quality=80, comment=f"facerec-size {width}x{height}".encode())
     return out.getvalue()
 
 
@@ -209,7 +243,8 @@ def _thumbnail(image_hash: str) -> bytes:
     if data is None:
         raise ApiError(404, "no stored image with this hash")
     max_pixels = s.settings.max_image_pixels
-    with busy_is_503(), limits().decoders.hold(faces.inspect(data, max_pixels).decode_bytes):
+    cost = thumbnail_cost(faces.inspect(data, max_pixels))
+    with busy_is_503(), limits().decoders.hold(cost):
         thumbnail = make_thumbnail(data, max_pixels)
     s.images.put_thumbnail(image_hash, thumbnail)
     # An erasure may have removed the image while the thumbnail was made: never leave a

@@ -16,8 +16,9 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
+from facerec import faces
 from facerec.messages import sha256_hex
-from rest import ui
+from rest import scan, ui
 from tests.services import FACES, ROOT
 
 PHOTO = (FACES / "obama/obama.jpg").read_bytes()
@@ -201,3 +202,44 @@ def test_the_gallery_parameters_are_checked(client: FlaskClient) -> None:
         assert client.get(f"/ui/api/images?{query}").status_code == 400, query
     answer = client.get("/ui/api/images?limit=5").json
     assert answer["images"] == [] and answer["total"] == 0
+
+
+def _jpeg(width: int, height: int, orientation: int = 1) -> bytes:
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=70, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_a_photo_too_large_to_decode_whole_in_rest_still_gets_its_thumbnail(
+        make_client: Callable[..., FlaskClient], tmp_path: Path) -> None:
+    big = _jpeg(6000, 4000)  # 24 megapixels: a full decode would need ~340 MiB
+    info = faces.inspect(big, 50_000_000)
+    assert info.decode_bytes > scan.DECODE_MEMORY
+    assert ui.thumbnail_cost(info) < scan.DECODE_MEMORY // 10
+    client = make_client(image_store=tmp_path.as_uri())
+    h = client.post("/scan/image/big.jpg", data=big).json["hash"]
+    response = client.get(f"/image/{h}/thumbnail")
+    assert response.status_code == 200
+    with Image.open(io.BytesIO(response.data)) as thumb:
+        assert thumb.size == (320, 213)
+    assert ui.original_size(response.data) == (6000, 4000)
+
+
+def test_a_thumbnail_is_upright_as_the_worker_sees_the_photo(tmp_path: Path) -> None:
+    turned = _jpeg(800, 400, orientation=6)  # stored lying down, shown standing up
+    thumb = ui.make_thumbnail(turned, 50_000_000)
+    with Image.open(io.BytesIO(thumb)) as image:
+        assert image.size == (160, 320)
+    assert ui.original_size(thumb) == (400, 800)
+    assert faces.decode(turned, 50_000_000).shape[:2] == (800, 400)
+
+
+def test_whoami_says_images_are_not_kept_when_the_store_deletes_them(
+        make_client: Callable[..., FlaskClient], tmp_path: Path) -> None:
+    kept = make_client(image_store=tmp_path.as_uri())
+    assert kept.get("/ui/api/whoami").json["stored"] is True
+    deleted = make_client(image_store=tmp_path.as_uri(), image_store_keep=False)
+    assert deleted.get("/ui/api/whoami").json["stored"] is False
