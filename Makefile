@@ -7,13 +7,14 @@ PORT ?= 5000
 WORKERS ?= 2
 export PORT WORKERS PY
 
-.PHONY: help venv system-deps services up down demo test lint images test-containers bench bench-quick clean
+.PHONY: help venv system-deps services up down demo test lint images test-containers bench bench-quick clean fast-dlib
 
 help:
 	@echo "make up      start Redis/RabbitMQ if needed, rest + $(WORKERS) workers + logs, demo scan"
 	@echo "make down    stop what make up started"
 	@echo "make test    install what is needed and run the whole test suite"
 	@echo "make bench   run the benchmarks (< 15 min) and write BENCHMARKS.md; bench-quick: ~2 min"
+	@echo "make fast-dlib  opt-in: dlib for AVX2 + OpenBLAS in place of dlib-bin (compiled once, 8-10 min)"
 
 $(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,13 @@ $(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/tes
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Opt-in, never on make up's or make test's path: dlib compiled for x86-64-v3 with the system
+# OpenBLAS (scripts/fast-dlib.sh; README "A faster dlib") replaces dlib-bin in the venv. The
+# wheel is built once into $(WHEELS) (8-10 min on 2 cores), then installed in seconds.
+WHEELS ?= .cache/wheels
+fast-dlib: venv
+	@scripts/fast-dlib.sh install $(PY) $(WHEELS)
 
 system-deps:
 	@scripts/system-deps.sh

@@ -15,7 +15,8 @@ base=$(scripts/base-image.sh)
 # cannot end up in one image only. .dockerignore still decides what is sent.
 context=$(mktemp -d /var/tmp/facerec-context.XXXXXX)
 trap 'rm -rf "$context"' EXIT
-tar -c --exclude=./.git --exclude=./.venv --exclude=./.run --exclude=__pycache__ . \
+tar -c --exclude=./.git --exclude=./.venv --exclude=./.run --exclude=./.cache \
+    --exclude=__pycache__ . \
     | tar -x -C "$context"
 
 progress=()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +18,61 @@ from facerec.settings import Settings
 
 if TYPE_CHECKING:  # the real import is deferred: --check must stay light
     from facerec.pipeline import Hook
+
+
+# The CPU features (/proc/cpuinfo flags) the installed dlib was compiled for: the fast
+# build (scripts/fast-dlib.sh, x86-64-v3) lists them in its .dist-info/CPU_FEATURES; the
+# dlib-bin wheel is built with -mavx. Run on a CPU without them, dlib dies of an illegal
+# instruction (SIGILL) somewhere in detection, with no message.
+DLIB_BIN_NEEDS = ("avx",)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags, or None where /proc/cpuinfo does not say (not Linux x86)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def dlib_needs() -> tuple[str, tuple[str, ...]] | None:
+    """(distribution, CPU flags it needs) for the dlib that `import dlib` would load,
+    read from its metadata without importing it; None if there is none or it says nothing."""
+    spec = importlib.util.find_spec("_dlib_pybind11")
+    if spec is None or spec.origin is None:
+        return None
+    module = os.path.basename(spec.origin)
+    for dist in importlib.metadata.distributions(path=[os.path.dirname(spec.origin)]):
+        if not any(str(f) == module for f in dist.files or ()):
+            continue  # another distribution installed beside it
+        name = dist.metadata["Name"].lower().replace("_", "-")
+        if name == "dlib-bin":
+            return name, DLIB_BIN_NEEDS
+        listed = dist.read_text("CPU_FEATURES")
+        if listed:
+            return f"{name} {dist.version} (scripts/fast-dlib.sh)", tuple(listed.split())
+    return None
+
+
+def cpu_problem(flags: set[str] | None = None) -> str | None:
+    """Why this CPU cannot run the installed dlib, or None (it can, or nothing says not)."""
+    needs = dlib_needs()
+    flags = cpu_flags() if flags is None else flags
+    if needs is None or flags is None:
+        return None
+    missing = [f for f in needs[1] if f not in flags]
+    if not missing:
+        return None
+    instead = ("a dlib built from source for this CPU (pip install --no-binary dlib dlib)"
+               if needs[0] == "dlib-bin" else
+               "the dlib-bin wheel (requirements/base.txt; it needs only AVX)")
+    return (f"this CPU lacks {', '.join(missing)}, which the installed dlib ({needs[0]}) "
+            f"was compiled for: it would die of an illegal instruction. Run the worker on "
+            f"a CPU with {', '.join(needs[1])}, or install {instead}.")
 
 
 def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
@@ -31,6 +89,10 @@ def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
         age = heartbeat.age(settings.worker_heartbeat_file)
         print(f"heartbeat {age:.1f}s old")
         return 0 if age < heartbeat.LIVENESS_MAX_AGE else 1
+    problem = cpu_problem()
+    if problem:
+        print(f"worker: {problem}", file=sys.stderr)
+        return os.EX_CONFIG
     return run(settings, args.file, hook)
 
 
