@@ -238,6 +238,10 @@ def test_two_people_are_merged_then_named_and_a_refused_merge_says_why(
 
 def test_erasing_an_image_removes_it_from_the_gallery_and_from_the_others_matches(
         page: Page, service: Service) -> None:
+    face = http("GET", f"{service.url}/image/{KIT}/face/0")
+    assert face.status == 200 and face.headers["Content-Type"] == "image/jpeg"
+    cached = {"If-None-Match": face.headers["ETag"]}
+    assert http("GET", f"{service.url}/image/{KIT}/face/0", headers=cached).status == 304
     page.goto(f"{service.url}/ui/image/{KIT}")
     ready(page)
     dialogs: list[str] = []
@@ -256,6 +260,8 @@ def test_erasing_an_image_removes_it_from_the_gallery_and_from_the_others_matche
     assert http("GET", f"{service.url}/image/{KIT}").status == 404
     assert not (service.images / KIT).exists()
     assert not (service.images / f"{KIT}.thumbnail").exists()
+    # A browser's copy of a face is not confirmed any more.
+    assert http("GET", f"{service.url}/image/{KIT}/face/0", headers=cached).status == 404
     page.goto(f"{service.url}/ui/image/{GROUP}")
     ready(page)
     expect(page.locator("#photo .box")).to_have_count(2)
