@@ -152,6 +152,8 @@ def test_search_by_photo_boxes_its_faces_lists_their_matches_and_stores_nothing(
     assert links == {f"/ui/image/{ROSE}", f"/ui/image/{GROUP}"}
     expect(page.locator("#faces .match img.thumb").first).to_have_attribute(
         "src", re.compile(r"^blob:"))
+    rose = api(service, f"/image/{ROSE}")["faces"][0]["person"]
+    expect(page.locator("#faces .who-is a")).to_have_attribute("href", f"/ui/people/{rose}")
     assert http("GET", f"{service.url}/image/{HASH['rose_leslie/img2.jpg']}").status == 404
     screenshot(page, "search")
 

@@ -576,7 +576,14 @@
         ? el("ul", { class: "grid matches", "aria-label": `Images matching face ${i + 1}` },
              ...face.matches.map((m) => matchCard(m, m.names)))
         : el("p", { text: "No stored face matches this one." });
-      $("faces").append(faceItem(i, `Face ${i + 1}`, [], matches));
+      // Who it most likely is: the person of the nearest matching face.
+      const nearest = face.matches.find((m) => m.person);
+      const who = nearest
+        ? [el("p", { class: "who-is" }, "Nearest person: ",
+              el("a", { href: personLink(nearest.person.id),
+                        text: nearest.person.name || `Person #${nearest.person.id}` }))]
+        : [];
+      $("faces").append(faceItem(i, `Face ${i + 1}`, who, matches));
     });
   }
 
