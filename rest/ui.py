@@ -10,8 +10,9 @@ as for any other client. Everything user-given (names, URLs) reaches the DOM thr
 The few JSON routes the page needs and the API lacks live here, under /ui/api/: who am I
 (scope, whether images are stored), the gallery (newest first), and the status of a batch
 of uploads (one request however many files, polled with backoff: README "Web page").
-Thumbnails are made once, on first request, with the bounded decoder, and kept next to
-the image in the image store (whose delete() removes them with it).
+Thumbnails are made once, on first request (after the bounded decoder's structural
+checks; a JPEG decoded at a reduced DCT scale), and kept next to the image in the image
+store, whose delete() removes them with it.
 """
 
 from __future__ import annotations
