@@ -38,13 +38,13 @@ name or hash; everything else the service needs lives in database 5 (META):
 
 People. A person is a set of faces (not images: a group photo holds several people). A
 new face joins the person of its nearest stored face within PEOPLE_TOLERANCE, provided it
-is also that close to the person's centroid; two faces of one photo are never one person.
-A face within tolerance of two people's centroids merges them when the centroids match
-(within MATCH_TOLERANCE), no photo has a face in both, neither is marked apart from the
-other and they do not carry different names. Everything is decided inside the commit
-script, so concurrent workers cannot interleave; the centroid guards are what keep single
-linkage from chaining different people together as the collection grows
-(bench/people_purity.py measures it).
+is also close to the person's centroid — the more faces the person has, the closer (see
+join_factor); two faces of one photo are never one person. A face that passes that test
+for two people merges them when their centroids are close enough too, no photo has a
+face in both, neither is marked apart from the other and they do not carry different
+names. Everything is decided inside the commit script, so concurrent workers cannot
+interleave; the centroid guards are what keep single linkage from chaining different
+people together as the collection grows (bench/people_purity.py measures it).
 Erasing an image takes its faces out of their people (a person left without faces is
 deleted, name included).
 
@@ -301,11 +301,24 @@ local function merge(from, into)
   end
   drop_person(from)
 end
+-- How much closer than tol a face must be to the centroid of a person of n faces. tol is
+-- a distance between two faces (s * sqrt(2) for one identity, if a face lies about s
+-- from its identity's centre); a new face lies about s * sqrt(1 + 1/n) from the centroid
+-- of n faces, so the ratio would be sqrt((1 + 1/n) / 2): 1 for one face, 0.71 for many.
+-- 2 / (n + 1) instead of 1 / n is kinder to small people (0.91 instead of 0.87 at n = 2):
+-- the shared photos' hardest positive (alex-lacamoire.png) is 0.485 from the centroid of
+-- his two other photos. Without this shrinking, a person of many faces keeps accepting
+-- faces of look-alikes within tol of its centroid, its centroid drifts, and people chain
+-- (bench/people_purity.py).
+local function join_factor(n) return math.sqrt((1 + 2 / (n + 1)) / 2) end
 -- The faces of image h (encodings blob) join people; links are {face, other hash,
--- other face, distance}, nearest first, all within tol. A face joins a person within tol
--- of its centroid; a face that is also within tol of a second person's centroid merges
--- the two when their centroids are within merge_tol (MATCH_TOLERANCE: they match).
-local function place_faces(h, blob, links, tol, merge_tol, now)
+-- other face, distance}, nearest first, all within tol. A face joins the person of its
+-- nearest linked face if it is within tol * join_factor(n) of that person's centroid. A
+-- face that also passes that test for a second person merges the two when the centroid
+-- of the first with the face and the centroid of the second are within
+-- tol * sqrt((1/n + 1/m) / 2) (the same reasoning for two centroids), no photo has a
+-- face in both, neither is marked apart and they do not carry two different names.
+local function place_faces(h, blob, links, tol, now)
   local n = math.floor(#blob / %(face_bytes)d)
   local vectors, placed, taken = {}, {}, {}
   for i = 0, n - 1 do vectors[i] = face_vector(blob, i) end
@@ -315,14 +328,18 @@ local function place_faces(h, blob, links, tol, merge_tol, now)
     if p and not taken[p] then
       local q = placed[i]
       if not q then
-        if distance_to(p, vectors[i], 1) <= tol then
+        if distance_to(p, vectors[i], 1) <= tol * join_factor(count_of(p)) then
           placed[i], taken[p] = p, true
         end
       elseif q ~= p then
         local pn = redis.call('HGET', person_key(p), 'name')
         local qn = redis.call('HGET', person_key(q), 'name')
-        if not (pn and qn and pn ~= qn) and distance_to(p, vectors[i], 1) <= tol
-            and distance_to(p, sum_of(q), count_of(q)) <= merge_tol and not conflict(p, q) then
+        local joined, n = sum_of(q), count_of(q) + 1
+        for d = 1, %(dim)d do joined[d] = joined[d] + vectors[i][d] end
+        local m = count_of(p)
+        if not (pn and qn and pn ~= qn) and distance_to(p, vectors[i], 1) <= tol * join_factor(m)
+            and distance_to(p, joined, n) <= tol * math.sqrt((1 / n + 1 / m) / 2)
+            and not conflict(p, q) then
           local into, from = q, p
           if (pn and not qn) or (not (qn and not pn) and count_of(p) > count_of(q)) then
             into, from = p, q
@@ -392,8 +409,8 @@ end
 # people. After the prelude: epoch, face-log length, erasure count, encodings blob, faces
 # JSON, timestamp, number of matches, then per match (other hash, distance, its face pairs
 # seen from this image, seen from the other: see pairs:<hash>), then PEOPLE_TOLERANCE,
-# MATCH_TOLERANCE, the number of links, then per link (face, other hash, other face,
-# distance), nearest first.
+# the number of links, then per link (face, other hash, other face, distance), nearest
+# first.
 # Returns {status, face-log length}:
 #   ok     committed
 #   dup    already processed (by another message: its names added; or by this same
@@ -410,10 +427,10 @@ local now = ARGV[rest + 5]
 local nmatches = tonumber(ARGV[rest + 6])
 local first = rest + 7
 local after = first + 4 * nmatches
-local tol, merge_tol = tonumber(ARGV[after]), tonumber(ARGV[after + 1])
+local tol = tonumber(ARGV[after])
 local links = {}
-for k = 0, tonumber(ARGV[after + 2]) - 1 do
-  local at = after + 3 + 4 * k
+for k = 0, tonumber(ARGV[after + 1]) - 1 do
+  local at = after + 2 + 4 * k
   links[k + 1] = {tonumber(ARGV[at]), ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])}
 end
 local version = redis.call('LLEN', '%(face_log)s')
@@ -455,7 +472,7 @@ if #blob > 0 then
   redis.call('RPUSH', '%(face_log)s', h)
   redis.call('HSET', key, 'pos', version)
   version = version + 1
-  place_faces(h, blob, links, tol, merge_tol, now)
+  place_faces(h, blob, links, tol, now)
 end
 redis.call('ZADD', '%(recent)s', 'NX', now, h)
 redis.call('HSET', key, 'status', 'done', 'faces', faces, 'updated', now)
@@ -666,7 +683,6 @@ class Store:
         self._db = {db: client(db, True) for db in DATABASES}
         self._encodings = client(HASH_TO_ENCODINGS, False)
         self.people_tolerance = min(settings.people_tolerance, settings.match_tolerance)
-        self.match_tolerance = settings.match_tolerance
         meta = self._db[META]
         self._commit = meta.register_script(_COMMIT % _DBS)
         self._prepare = meta.register_script(_PREPARE % _DBS)
@@ -716,8 +732,7 @@ class Store:
         status, new_version = self._commit(args=_args(
             image_hash, ticket, names, state.epoch, state.length, state.erased,
             encodings_to_bytes(encodings), json.dumps(boxes), _now(), len(by_image),
-            *args[:4 * len(by_image)], repr(self.people_tolerance),
-            repr(self.match_tolerance), len(links),
+            *args[:4 * len(by_image)], repr(self.people_tolerance), len(links),
             *args[4 * len(by_image):]))
         return CommitResult(status, int(new_version))
 
