@@ -19,11 +19,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import index_scaling, match_scaling, rest_ingest, search_latency, ten_million, throughput
+from bench import (
+    dlib_builds,
+    index_scaling,
+    match_scaling,
+    rest_ingest,
+    search_latency,
+    ten_million,
+    throughput,
+)
 from bench.common import ROOT, Section, log, machine
 
 PLOT = ROOT / "bench" / "match-time.png"
-ORDER = ("throughput", "match", "index", "tenm", "rest", "search")
+ORDER = ("throughput", "dlib", "match", "index", "tenm", "rest", "search")
 
 
 def render(sections: list[Section], quick: bool, seconds: float, plot: Path | None) -> str:
@@ -77,8 +85,9 @@ def main() -> int:
     chosen = args.only or list(ORDER)
     start = time.perf_counter()
     sections: list[Section] = []
-    modules = {"throughput": throughput, "match": match_scaling, "index": index_scaling,
-               "tenm": ten_million, "rest": rest_ingest, "search": search_latency}
+    modules = {"throughput": throughput, "dlib": dlib_builds, "match": match_scaling,
+               "index": index_scaling, "tenm": ten_million, "rest": rest_ingest,
+               "search": search_latency}
     for name in ORDER:
         if name in chosen:
             log(f"benchmark: {name}")

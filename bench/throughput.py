@@ -15,6 +15,7 @@ image (the loop's process, the workers' processes) is shown too: it is far less
 sensitive to other load than wall time.
 
     python bench/throughput.py [--quick]
+    python bench/throughput.py --py-spy OUT    where one worker's time goes (py-spy)
 """
 
 from __future__ import annotations
@@ -107,23 +108,24 @@ def plain_loop(paths: list[Path], max_side: int) -> tuple[float, int, float, flo
 def consumers(settings: Settings) -> int:
     b = amqp.Broker(settings)
     try:
-        return int(b.channel.queue_declare(amqp.IMAGE_QUEUE, passive=True)
-                   .method.consumer_count)
+        return b.call(lambda ch: int(ch.queue_declare(amqp.IMAGE_QUEUE, passive=True)
+                                     .method.consumer_count))
     except Exception:  # noqa: BLE001 - the queue does not exist until a worker declares it
         return 0
     finally:
         b.close()
 
 
-def pipeline_run(env: Env, url: str, paths: list[Path], workers: int
+def pipeline_run(env: Env, url: str, paths: list[Path], workers: int, **worker_env: str
                  ) -> tuple[float, int, float, float]:
-    """Upload every photo, wait for every commit.
+    """Upload every photo, wait for every commit (workers started with `worker_env` added
+    to their environment).
 
     Returns (seconds, faces found, workers' CPU s, cores busy on the machine meanwhile).
     """
     env.redis.flush()
     reset_vhost(env.settings)
-    procs = [start_worker(env) for _ in range(workers)]
+    procs = [start_worker(env, **worker_env) for _ in range(workers)]
     deadline = time.monotonic() + 120
     while consumers(env.settings) < workers:
         assert time.monotonic() < deadline, "workers did not start consuming"
@@ -250,5 +252,70 @@ def run(quick: bool = False) -> Section:
     return section
 
 
+# Where a worker's samples fall, by the first of these frames (innermost first) found in a
+# stack; the rest is "other".
+PROFILE_PARTS = (
+    ("detect (dlib HOG)", ("face_locations", "_raw_face_locations")),
+    ("encode (dlib ResNet)", ("face_encodings", "_raw_face_landmarks")),
+    ("resize for detection", ("resize (PIL",)),
+    ("decode (Pillow)", ("decode (facerec/faces.py", "_decode (facerec/faces.py")),
+    ("match (index search)", ("search_each",)),
+    ("commit (Redis)", ("commit (facerec/store.py",)),
+    ("index sync / load", ("sync (facerec/pipeline.py", "load_index")),
+    ("broker (pika)", ("pika/",)),
+    ("logging", ("logging/",)),
+)
+
+
+def profile(out: Path, rate: int = 250, **worker_env: str) -> list[tuple[str, int, float]]:
+    """py-spy record on one worker processing the photos (after its start-up): folded
+    stacks in `out`; returns (part, samples, share of the busy samples). py-spy samples
+    the Python threads only (a native thread, such as OpenBLAS's, is not seen)."""
+    import shutil
+    import subprocess
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with tempfile.TemporaryDirectory(prefix="facerec-bench-") as tmp, services() as env:
+        paths = derive_photos(Path(tmp), SCALES_FULL)
+        url = start_rest(env)
+        env.redis.flush()
+        reset_vhost(env.settings)
+        proc = start_worker(env, **worker_env)
+        deadline = time.monotonic() + 120
+        while consumers(env.settings) < 1:
+            assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+            time.sleep(0.1)
+        recorder = subprocess.Popen([spy, "record", "--pid", str(proc.pid), "--rate",
+                                     str(rate), "--format", "raw", "--output", str(out),
+                                     "--nonblocking"], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.STDOUT)
+        time.sleep(1.0)
+        bodies = [(p.name, p.read_bytes()) for p in paths]
+        keys = [image_key(sha256_hex(data)) for _, data in bodies]
+        u = urlparse(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        for name, data in bodies:
+            conn.request("POST", f"/scan/image/{name}", body=data,
+                         headers={"Content-Type": "application/octet-stream"})
+            conn.getresponse().read()
+        meta = env.redis.client(META)
+        while not all(meta.hget(k, "status") in ("done", "failed") for k in keys):
+            time.sleep(0.05)
+        recorder.send_signal(2)  # SIGINT: py-spy writes the file and exits
+        recorder.wait(60)
+    totals: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")[::-1]  # innermost first
+        part = next((name for frame in frames for name, keys in PROFILE_PARTS
+                     if any(k in frame for k in keys)), "other")
+        totals[part] = totals.get(part, 0) + int(count)
+    busy = sum(totals.values()) or 1
+    return sorted(((p, n, n / busy) for p, n in totals.items()), key=lambda x: -x[1])
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--py-spy":
+        for part, samples, share in profile(Path(sys.argv[2])):
+            print(f"{part:28} {samples:7d} {share * 100:6.1f}%")
+        sys.exit(0)
     main(run, __doc__)

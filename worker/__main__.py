@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
 
 
 def run(settings: Settings, files: list[Path] | None, hook: Hook | None) -> int:
+    # A worker works on one image at a time and scales by processes (one per core), so
+    # OpenBLAS's own threads (the fast dlib's face encoder, numpy) find no idle core: with
+    # two, the second spun for 1.5 CPU s per 12 s of encoding and detection, and the image
+    # thread was no faster (BENCHMARKS.md 1b). Read when OpenBLAS loads: set before numpy.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from facerec import faces, metrics
     from facerec.broker import Consumer
     from facerec.errors import PermanentError
