@@ -588,13 +588,13 @@ return out
 """
 
 # A person merged into another at a user's request. ARGV: into, from. Returns 'ok',
-# 'missing' (either is unknown), 'same', or why they cannot be one person.
+# 'missing' (either is unknown), or why they cannot be merged.
 _MERGE_PEOPLE = _PEOPLE_FUNCTIONS + """
 local into, from = ARGV[1], ARGV[2]
-if into == from then return 'same' end
 if redis.call('EXISTS', person_key(into)) == 0 or redis.call('EXISTS', person_key(from)) == 0 then
   return 'missing'
 end
+if into == from then return 'already one person' end
 local why = conflict(into, from)
 if why then return why end
 merge(from, into)
@@ -996,8 +996,8 @@ class Store:
 
     @_translated
     def merge_people(self, into: int, other: int) -> str:
-        """Move every face of `other` into `into`: "ok", "missing", "same", or why they
-        cannot be one person."""
+        """Move every face of `other` into `into`: "ok", "missing", or why they cannot be
+        merged (already one person, a photo holds a face of each, marked apart)."""
         return str(self._merge_people(args=[into, other]))
 
     @_translated

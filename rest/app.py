@@ -12,7 +12,9 @@ from rest.services import EXTENSION, Services
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """The REST app; logging is the entrypoint's to set up (rest/__main__.py)."""
     settings = settings or Settings.from_env()
-    app = Flask("rest")
+    # No app-wide /static route: the page serves its own few files (rest.ui), and the
+    # test tools vendored beside them are never served.
+    app = Flask("rest", static_folder=None)
     # Werkzeug refuses a larger Content-Length before the route runs (see scan.read_body).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -179,6 +179,35 @@ SPEC: dict[str, Any] = {
                           "404": _error("images are not stored, or not this one"),
                           **_URI_TOO_LONG, **_UNAUTHORIZED,
                           "503": _error("image store unavailable")}}},
+        "/image/{image_hash}/thumbnail": {"get": {
+            **_READ,
+            "summary": "A JPEG of the stored image, at most 320 pixels on its longer side "
+                       "(made once, kept beside the image, erased with it)",
+            "parameters": [_HASH_PARAM],
+            "responses": {"200": {"description": "the thumbnail", "content": {
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                          "304": {"description": "the copy the browser holds is current"},
+                          "400": _error("not a SHA-256 hex digest, or stored bytes that "
+                                        "cannot be decoded"),
+                          "404": _error("images are not stored, or not this one"),
+                          **_URI_TOO_LONG, **_UNAUTHORIZED,
+                          "503": _error("image store unavailable, or every decoding slot "
+                                        "busy")}}},
+        "/image/{image_hash}/face/{face}": {"get": {
+            **_READ,
+            "summary": "One face of the image, cut from its thumbnail (128 pixels square)",
+            "parameters": [_HASH_PARAM, {"name": "face", "in": "path", "required": True,
+                                         "description": "the face's position in the image",
+                                         "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"200": {"description": "the face", "content": {
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                          "304": {"description": "the copy the browser holds is current"},
+                          "400": _error("not a SHA-256 hex digest, or stored bytes that "
+                                        "cannot be decoded"),
+                          "404": _error("no such image or face, or images are not stored"),
+                          **_URI_TOO_LONG, **_UNAUTHORIZED,
+                          "503": _error("image store unavailable, or every decoding slot "
+                                        "busy")}}},
         "/search": {"post": {
             **_READ,
             "summary": "Who is in this photo? Each face found and the stored images with a "
@@ -274,10 +303,10 @@ SPEC: dict[str, Any] = {
                 "properties": {"from": {"type": "integer", "minimum": 0}}}}}},
             "responses": {"200": {"description": "the merged person", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/PersonSummary"}}}},
-                          "400": _error("not {\"from\": id}, or a person merged with itself"),
+                          "400": _error("not {\"from\": id}"),
                           "404": _error("no person with one of these ids"),
-                          "409": _error("they cannot be one person: a photo has a face of "
-                                        "each, or they are marked apart"),
+                          "409": _error("they cannot be merged: a photo has a face of each, "
+                                        "they are marked apart, or they are one already"),
                           "413": _error("JSON over 16 KiB"),
                           **_AUTH_AND_BROKER}}},
         "/openapi.json": {"get": {**_OPEN, "summary": "This document", "responses": {

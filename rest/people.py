@@ -102,10 +102,8 @@ def merge(person_id: int) -> Response:
     answer = services().store.merge_people(person_id, other)
     if answer == "missing":
         raise ApiError(404, "no person with one of these ids")
-    if answer == "same":
-        raise ApiError(400, "a person cannot be merged with itself")
     if answer != "ok":
-        raise ApiError(409, f"these cannot be one person: {answer}")
+        raise ApiError(409, f"these cannot be merged: {answer}")
     metrics.PEOPLE_CHANGES.labels("merge").inc()
     services().log.info("person %d merged into person %d (by %s)", other, person_id,
                         g.get("credential") or "anyone")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request, send_file
-from flask.blueprints import BlueprintSetupState
 from PIL import ExifTags, Image, ImageOps
 
 from facerec import faces
@@ -52,16 +51,6 @@ _SIZE_COMMENT = re.compile(rb"facerec-size (\d{1,6})x(\d{1,6})")
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-
-
-@bp.record_once
-def _no_app_static(state: BlueprintSetupState) -> None:
-    """Flask gives the app a /static route because rest/static exists (for this page's
-    files, served by ui.static below): make it serve nothing, so the vendored test tools
-    beside them are never served and the route, like every other, says what it needs."""
-    def nothing(filename: str) -> Response:
-        abort(404)
-    state.app.view_functions["static"] = needs(OPEN)(nothing)
 
 
 @bp.after_request

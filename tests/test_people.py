@@ -333,7 +333,7 @@ def test_people_routes(people_client: FlaskClient, redis_server: RedisServer) ->
     merged = c.post(f"/people/{alex['id']}/merge", json={"from": lin["id"]})
     assert merged.status_code == 200 and merged.get_json()["faces"] == 4
     assert c.get(f"/people/{lin['id']}").status_code == 404
-    assert c.post(f"/people/{alex['id']}/merge", json={"from": alex["id"]}).status_code == 400
+    assert c.post(f"/people/{alex['id']}/merge", json={"from": alex["id"]}).status_code == 409
     assert c.post(f"/people/{alex['id']}/merge", json={"from": "1"}).status_code == 400
     assert_consistent(redis_server)
 
