@@ -46,7 +46,8 @@ OPEN_ROUTES = {"banner": 200, "healthz": 200, "readyz": 200, "openapi": 200, "me
 # What the route answers once past the access check (with this test's data).
 ALLOWED = {"scan_image": 200, "scan_url": 400, "match": 200, "image": 404, "content": 404,
            "erase_image": 404, "erase_name": 404, "unknown": 404, "people": 200,
-           "person": 404, "name_person": 404, "merge_people": 404, "erase_person": 404, "search": 503}
+           "person": 404, "name_person": 404, "merge_people": 404, "erase_person": 404,
+           "search": 503}
 READ_ROUTES = {"match", "image", "content", "unknown", "people", "person", "search"}
 
 
