@@ -474,14 +474,16 @@ class Consumer:
     re-opened with backoff; a delivery whose handler finishes after its connection was
     lost is redelivered by RabbitMQ (the handler must be idempotent: the commit is).
 
-    With `respond`, the search queue is consumed too, on a channel and a thread of its
+    Without `handle`, the image queue is not consumed (a search-only worker). With
+    `respond`, the search queue is consumed too, on a channel and a thread of its
     own (so a search never waits for the image in hand): each request's Reply is sent to
     its asker, then the request is acknowledged. With `on_dead`, so is the copy of every
     dead letter (DEAD_EVENTS_QUEUE), on that same thread: acknowledged once on_dead
     returns, returned to the queue if it raises.
     """
 
-    def __init__(self, settings: Settings, handle: Handler, *, stopping: threading.Event,
+    def __init__(self, settings: Settings, handle: Handler | None, *,
+                 stopping: threading.Event,
                  tick: Callable[[], None], on_error: Callable[[BaseException, float], None],
                  on_consume: Callable[[], None], queue_name: str = IMAGE_QUEUE,
                  respond: Responder | None = None,
@@ -521,8 +523,9 @@ class Consumer:
         connection, channel = connect(self._settings, "facerec-worker")
         try:
             channel.basic_qos(prefetch_count=self._settings.prefetch)
-            self._tag = channel.basic_consume(self._queue,
-                                              partial(self._on_message, connection))
+            if self._handle is not None:
+                self._tag = channel.basic_consume(self._queue,
+                                                  partial(self._on_message, connection))
             requests: BlockingChannel | None = None
             if self._respond is not None or self._on_dead is not None:
                 requests = connection.channel()
@@ -559,6 +562,7 @@ class Consumer:
         self._busy += 1
         delivery = Delivery(props.headers, props.content_type, body,
                             delivery_attempt(props.headers))
+        assert self._handle is not None  # consumed only with a handler
         self._dispatch(connection, self._executor, self._handle, delivery,
                        partial(self._settle, channel, method.delivery_tag, delivery))
 

@@ -72,6 +72,9 @@ class Settings:
     # DELIVERY_CEILING.
     max_deliveries: int = DELIVERY_CEILING
     prefetch: int = 1
+    # What a worker consumes: "all" (images and searches), "images" (no searches) or
+    # "search" (searches only: never busy with a scan when a search comes, see README).
+    worker_role: str = "all"
     worker_heartbeat_file: str = "/tmp/facerec-worker.heartbeat"
     metrics_port: int = 9100
     log_level: str = "DEBUG"
@@ -114,6 +117,9 @@ class Settings:
             raise ValueError("SEARCH_TIMEOUT must be in (0, 600] seconds")
         if not 1 <= self.max_deliveries <= DELIVERY_CEILING:
             raise ValueError(f"MAX_DELIVERIES must be in 1..{DELIVERY_CEILING}")
+        if self.worker_role not in ("all", "images", "search"):
+            raise ValueError(f"WORKER_ROLE must be all, images or search, "
+                             f"not {self.worker_role!r}")
         if self.prefetch < 1:
             raise ValueError("PREFETCH must be at least 1")
         credentials.parse(self.api_keys, self.api_token)

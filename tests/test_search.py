@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pika
@@ -116,6 +117,29 @@ def test_match_with_a_tolerance_keeps_only_the_closer_images(env: Env) -> None:
     assert len(exact) == 1
     assert http("GET", f"{rest}/match/{h}?tolerance=0.61").status == 400  # > MATCH_TOLERANCE
     assert http("GET", f"{rest}/match/{h}?tolerance=abc").status == 400
+
+
+def test_worker_roles_split_searches_from_scans(env: Env) -> None:
+    """WORKER_ROLE=search answers searches and takes no scan; WORKER_ROLE=images the
+    reverse: scans are processed, and a search finds no worker to answer it."""
+    rest = env.start_rest(SEARCH_TIMEOUT="60")
+    searcher = env.start_worker(WORKER_ROLE="search")
+    photo = (FACES / "obama/obama.jpg").read_bytes()
+    wait_until(lambda: search(rest, photo)[0] == 200, 120, "the search worker to answer")
+    h = http("POST", f"{rest}/scan/image/obama.jpg", photo).body["hash"]
+    time.sleep(3)
+    assert env.queue_depth() == 1, "a search-only worker took a scan"
+    assert http("GET", f"{rest}/image/{h}").body["status"] == "queued"
+    imager = env.start_worker(WORKER_ROLE="images")
+    env.wait_processed({h})
+    # The search worker's index follows the face log: the scan is found now.
+    status, answer = search(rest, photo)
+    assert status == 200 and h in {m["hash"] for m in answer["faces"][0]["matches"]}
+    searcher.terminate()
+    searcher.wait(30)
+    wait_until(lambda: search(rest, photo)[0] == 503, 30, "searches refused without it")
+    assert "no worker is serving searches" in search(rest, photo)[1]["error"]
+    assert imager.poll() is None
 
 
 def test_a_search_with_no_worker_listening_is_refused_at_once(env: Env) -> None:

@@ -72,7 +72,7 @@ def cpu_problem(flags: set[str] | None = None) -> str | None:
                "the dlib-bin wheel (requirements/base.txt; it needs only AVX)")
     return (f"this CPU lacks {', '.join(missing)}, which the installed dlib ({needs[0]}) "
             f"was compiled for: it would die of an illegal instruction. Run the worker on "
-            f"a CPU with {', '.join(needs[1])}, or install {instead}.")
+            f"a CPU that has them, or install {instead}.")
 
 
 def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
@@ -139,15 +139,17 @@ def run(settings: Settings, files: list[Path] | None, hook: Hook | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     metrics.serve(settings.metrics_port)
-    images = ImageHandler(processor, log)
+    role = settings.worker_role
+    images = ImageHandler(processor, log) if role != "search" else None
+    what = {"all": "images and searches", "images": "images", "search": "searches only"}[role]
     Consumer(settings, images, stopping=stopping,
              tick=heartbeat.Beat(settings.worker_heartbeat_file),
              on_error=lambda exc, delay: log.info(
                  "RabbitMQ connection lost (%r); reconnecting in %.1fs", exc, delay),
-             on_consume=lambda: log.info("consuming images (prefetch %d, max deliveries %d) "
-                                         "and searches", settings.prefetch,
-                                         settings.max_deliveries),
-             respond=SearchHandler(processor, log), on_dead=images.dead_lettered).run()
+             on_consume=lambda: log.info("consuming %s (prefetch %d, max deliveries %d)", what,
+                                         settings.prefetch, settings.max_deliveries),
+             respond=SearchHandler(processor, log) if role != "images" else None,
+             on_dead=images.dead_lettered if images else None).run()
     log.info("worker stopped")
     return 0
 
