@@ -93,3 +93,11 @@ class Client:
     def merge_people(self, person_id: int, other: int) -> dict[str, Any]:
         return dict(self._request("POST", f"/people/{person_id}/merge",
                                   json={"from": other}).json())
+
+    def split_person(self, person_id: int, faces: list[tuple[str, int]]) -> dict[str, Any]:
+        body = {"faces": [{"hash": h, "face": j} for h, j in faces]}
+        return dict(self._request("POST", f"/people/{person_id}/split", json=body).json())
+
+    def mark_apart(self, person_id: int, other: int) -> dict[str, Any]:
+        return dict(self._request("POST", f"/people/{person_id}/apart",
+                                  json={"from": other}).json())

@@ -340,6 +340,13 @@ def _person_line(p: dict[str, Any]) -> str:
     return f"{p['id']:>6}  {p['faces']:>5} face(s)  {p['name'] or '(no name)'}"
 
 
+def _face_ref(text: str) -> tuple[str, int]:
+    h, _, j = text.rpartition(":")
+    if not (h and j.isdigit()):
+        raise click.UsageError(f"a face is HASH:POSITION, not {text!r}")
+    return resolve_hash(h), int(j)
+
+
 def _person_id(text: str) -> int:
     if not text.isdigit():
         raise click.UsageError(f"a person id is a number, not {text!r}")
@@ -359,6 +366,8 @@ def people(ctx: Ctx, words: tuple[str, ...], limit: int, offset: int) -> None:
     facerec people ID              one person's faces
     facerec people name ID NAME    name a person ("" clears the name)
     facerec people merge ID OTHER  move every face of OTHER into ID
+    facerec people split ID HASH:FACE...   move these faces out to a new person
+    facerec people apart ID OTHER  never the same person
     """
     if not words:
         answer = ctx.client.people(offset, limit)
@@ -369,16 +378,23 @@ def people(ctx: Ctx, words: tuple[str, ...], limit: int, offset: int) -> None:
             out.print(_person_line(p), highlight=False, markup=False)
         err.print(f"{answer['total']} people", highlight=False)
         return
-    verb, args = (words[0], words[1:]) if words[0] in ("name", "merge") else ("show", words)
-    if verb == "name" and len(args) == 2:
+    verbs = ("name", "merge", "split", "apart")
+    verb, args = (words[0], words[1:]) if words[0] in verbs else ("show", words)
+    if verb == "split" and len(args) >= 2:
+        answer = ctx.client.split_person(_person_id(args[0]), [_face_ref(a) for a in args[1:]])
+        answer = answer["person"]
+    elif verb == "apart" and len(args) == 2:
+        answer = ctx.client.mark_apart(_person_id(args[0]), _person_id(args[1]))
+    elif verb == "name" and len(args) == 2:
         answer = ctx.client.name_person(_person_id(args[0]), args[1] or None)
     elif verb == "merge" and len(args) == 2:
         answer = ctx.client.merge_people(_person_id(args[0]), _person_id(args[1]))
     elif verb == "show" and len(args) == 1:
         answer = ctx.client.person(_person_id(args[0]))
     else:
-        raise click.UsageError("facerec people [ID] | people name ID NAME | "
-                               "people merge ID OTHER")
+        raise click.UsageError("facerec people [ID] | people name ID NAME | people merge "
+                               "ID OTHER | people split ID HASH:FACE... | people apart ID "
+                               "OTHER")
     if ctx.as_json:
         out.print_json(json.dumps(answer))
         return

@@ -601,6 +601,51 @@ merge(from, into)
 return 'ok'
 """
 
+# Faces moved out of a person into a new one, which is marked apart from it (so that no
+# face joining later merges them again). ARGV: person id, now, then "<hash>:<face>" refs.
+# Returns {'ok', new id}, {'missing'}, {'not in person', ref} or {'every face'}.
+_SPLIT_PERSON = _PEOPLE_FUNCTIONS + """
+local p, now = ARGV[1], ARGV[2]
+if redis.call('EXISTS', person_key(p)) == 0 then return {'missing'} end
+local refs = {}
+for k = 3, #ARGV do
+  if redis.call('SISMEMBER', person_key(p) .. ':faces', ARGV[k]) == 0 then
+    return {'not in person', ARGV[k]}
+  end
+  refs[ARGV[k]] = true
+end
+local moving = {}
+for ref in pairs(refs) do table.insert(moving, ref) end
+if #moving >= count_of(p) then return {'every face'} end
+local q = new_person(now)
+for _, ref in ipairs(moving) do
+  local x, j = string.match(ref, '^(.*):(%%d+)$')
+  redis.call('SELECT', %(encodings_db)d)
+  local v = face_vector(redis.call('GET', x), tonumber(j))
+  redis.call('SELECT', %(meta)d)
+  remove_face(x, j, v)
+  add_face(q, x, j, v)
+  local hist = redis.call('HGET', '%(facehist)s' .. x, j)
+  redis.call('HSET', '%(facehist)s' .. x, j, hist and (hist .. ' ' .. p) or p)
+end
+redis.call('SADD', '%(apart)s' .. p, q)
+redis.call('SADD', '%(apart)s' .. q, p)
+return {'ok', q}
+"""
+
+# Two people marked never to be merged (by a face joining later, or by hand). ARGV: the
+# two ids. Returns 'ok', 'missing' or 'same'.
+_MARK_APART = """
+local a, b = ARGV[1], ARGV[2]
+if redis.call('EXISTS', '%(person)s' .. a) == 0 or redis.call('EXISTS', '%(person)s' .. b) == 0 then
+  return 'missing'
+end
+if a == b then return 'same' end
+redis.call('SADD', '%(apart)s' .. a, b)
+redis.call('SADD', '%(apart)s' .. b, a)
+return 'ok'
+"""
+
 # ARGV: person id, then 1 and the name, or 0 to clear it. Returns 0 if the person is unknown.
 _NAME_PERSON = """
 local key = '%(person)s' .. ARGV[1]
@@ -693,6 +738,8 @@ class Store:
         self._erase_name = meta.register_script(_ERASE_NAME % _DBS)
         self._merge_people = meta.register_script(_MERGE_PEOPLE % _DBS)
         self._name_person = meta.register_script(_NAME_PERSON % _DBS)
+        self._split_person = meta.register_script(_SPLIT_PERSON % _DBS)
+        self._mark_apart = meta.register_script(_MARK_APART % _DBS)
 
     def close(self) -> None:
         for c in (*self._db.values(), self._encodings):
@@ -999,6 +1046,18 @@ class Store:
         """Move every face of `other` into `into`: "ok", "missing", or why they cannot be
         merged (already one person, a photo holds a face of each, marked apart)."""
         return str(self._merge_people(args=[into, other]))
+
+    @_translated
+    def split_person(self, person_id: int, faces: list[tuple[str, int]]) -> tuple[str, int]:
+        """Move these faces (image hash, position) of a person into a new person, marked
+        apart from it: ("ok", the new id), or (why not, 0)."""
+        answer = self._split_person(args=[person_id, _now(), *(f"{h}:{j}" for h, j in faces)])
+        return (str(answer[0]), int(answer[1])) if answer[0] == "ok" else (str(answer[0]), 0)
+
+    @_translated
+    def mark_apart(self, person_id: int, other: int) -> str:
+        """Never merge these two people: "ok", "missing" or "same"."""
+        return str(self._mark_apart(args=[person_id, other]))
 
     @_translated
     def recent_images(self, offset: int, limit: int, name_filter: str = ""

@@ -309,6 +309,46 @@ SPEC: dict[str, Any] = {
                                         "they are marked apart, or they are one already"),
                           "413": _error("JSON over 16 KiB"),
                           **_AUTH_AND_BROKER}}},
+        "/people/{person_id}/split": {"post": {
+            **_FULL,
+            "summary": "Move faces that are not this person into a new person, marked "
+                       "apart from this one (no face joining later merges them again)",
+            "parameters": [_PERSON_PARAM],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["faces"],
+                "properties": {"faces": {"type": "array", "minItems": 1, "maxItems": 200,
+                                         "items": {
+                                             "type": "object", "required": ["hash", "face"],
+                                             "properties": {
+                                                 "hash": {"type": "string",
+                                                          "pattern": HASH_PATTERN},
+                                                 "face": {"type": "integer",
+                                                          "minimum": 0}}}}}}}}},
+            "responses": {"200": {"description": "the new person and what is left", "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["person", "rest"],
+                    "properties": {"person": {"$ref": "#/components/schemas/PersonSummary"},
+                                   "rest": {"$ref": "#/components/schemas/PersonSummary"}}}}}},
+                          "400": _error("not {\"faces\": [{\"hash\", \"face\"}, …]}"),
+                          "404": _error("no person with this id"),
+                          "409": _error("a face is not this person's, or these are all its "
+                                        "faces"),
+                          "413": _error("JSON over 16 KiB"),
+                          **_AUTH_AND_BROKER}}},
+        "/people/{person_id}/apart": {"post": {
+            **_FULL,
+            "summary": "Mark person `from` as never the same person as this one",
+            "parameters": [_PERSON_PARAM],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["from"],
+                "properties": {"from": {"type": "integer", "minimum": 0}}}}}},
+            "responses": {"200": {"description": "this person", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PersonSummary"}}}},
+                          "400": _error("not {\"from\": id}"),
+                          "404": _error("no person with one of these ids"),
+                          "409": _error("a person cannot be apart from itself"),
+                          "413": _error("JSON over 16 KiB"),
+                          **_AUTH_AND_BROKER}}},
         "/openapi.json": {"get": {**_OPEN, "summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3 document",
                     "content": {"application/json": {"schema": {"type": "object"}}}}}}},

@@ -1,7 +1,8 @@
 """People: the stored faces grouped by who they are (facerec.store, "People").
 
 A person is made by the workers as faces arrive; here they are listed, named, merged,
-and erased (every image holding one of the person's faces, as DELETE /image does).
+split (faces moved out to a person of their own), marked apart (never to be merged), and
+erased (every image holding one of the person's faces, as DELETE /image does).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import unicodedata
 from flask import Blueprint, Response, g, jsonify, request
 
 from facerec import metrics
+from facerec.messages import is_image_hash
 from rest.access import FULL, READ, needs
 from rest.erase import erase_held
 from rest.errors import ApiError
@@ -95,10 +97,7 @@ def name_person(person_id: int) -> Response:
 @needs(FULL)
 def merge(person_id: int) -> Response:
     """Move every face of person {"from": id} into this one."""
-    body = read_json()
-    other = body.get("from") if isinstance(body, dict) else None
-    if not isinstance(other, int) or isinstance(other, bool) or other < 0:
-        raise ApiError(400, 'the body must be a JSON object {"from": <person id>}')
+    other = _other_person(read_json())
     answer = services().store.merge_people(person_id, other)
     if answer == "missing":
         raise ApiError(404, "no person with one of these ids")
@@ -107,6 +106,51 @@ def merge(person_id: int) -> Response:
     metrics.PEOPLE_CHANGES.labels("merge").inc()
     services().log.info("person %d merged into person %d (by %s)", other, person_id,
                         g.get("credential") or "anyone")
+    return jsonify(_summary(person_id))
+
+
+def _other_person(body: object) -> int:
+    other = body.get("from") if isinstance(body, dict) else None
+    if not isinstance(other, int) or isinstance(other, bool) or other < 0:
+        raise ApiError(400, 'the body must be a JSON object {"from": <person id>}')
+    return other
+
+
+@bp.post("/people/<int:person_id>/split")
+@needs(FULL)
+def split(person_id: int) -> Response:
+    """Move faces ({"faces": [{"hash": …, "face": n}, …]}) that are not this person into a
+    new person, marked apart from this one so that no later face merges them again."""
+    _found(person_id)
+    body = read_json()
+    faces = body.get("faces") if isinstance(body, dict) else None
+    if not (isinstance(faces, list) and 0 < len(faces) <= MAX_PAGE and all(
+            isinstance(f, dict) and isinstance(f.get("hash"), str) and is_image_hash(f["hash"])
+            and isinstance(f.get("face"), int) and not isinstance(f["face"], bool)
+            and f["face"] >= 0 for f in faces)):
+        raise ApiError(400, f'the body must be {{"faces": [{{"hash": …, "face": n}}, …]}} '
+                            f"(1 to {MAX_PAGE} faces)")
+    answer, new = services().store.split_person(
+        person_id, [(f["hash"], f["face"]) for f in faces])
+    if answer != "ok":
+        raise ApiError(409, f"cannot split: {answer}")
+    metrics.PEOPLE_CHANGES.labels("split").inc()
+    services().log.info("person %d: %d faces moved out to person %d (by %s)", person_id,
+                        len(faces), new, g.get("credential") or "anyone")
+    return jsonify(person=_summary(new), rest=_summary(person_id))
+
+
+@bp.post("/people/<int:person_id>/apart")
+@needs(FULL)
+def apart(person_id: int) -> Response:
+    """Mark two people ({"from": id}) as never the same person: no face merges them."""
+    other = _other_person(read_json())
+    answer = services().store.mark_apart(person_id, other)
+    if answer == "missing":
+        raise ApiError(404, "no person with one of these ids")
+    if answer != "ok":
+        raise ApiError(409, "a person cannot be apart from itself")
+    metrics.PEOPLE_CHANGES.labels("apart").inc()
     return jsonify(_summary(person_id))
 
 

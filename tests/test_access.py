@@ -38,16 +38,19 @@ ROUTES = {
     "name_person": ("PUT", "/people/1", b'{"name": "Ada"}'),
     "merge_people": ("POST", "/people/1/merge", b'{"from": 2}'),
     "erase_person": ("DELETE", "/people/1", None),
+    "split_person": ("POST", "/people/1/split",
+                     b'{"faces": [{"hash": "' + H.encode() + b'", "face": 0}]}'),
+    "apart_people": ("POST", "/people/1/apart", b'{"from": 2}'),
     # No worker serves this test's vhost: a search past the access check is a 503.
     "search": ("POST", "/search", PHOTO),
 }
-JSON_ROUTES = {"scan_url", "name_person", "merge_people"}
+JSON_ROUTES = {"scan_url", "name_person", "merge_people", "split_person", "apart_people"}
 OPEN_ROUTES = {"banner": 200, "healthz": 200, "readyz": 200, "openapi": 200, "metrics": 200}
 # What the route answers once past the access check (with this test's data).
 ALLOWED = {"scan_image": 200, "scan_url": 400, "match": 200, "image": 404, "content": 404,
            "erase_image": 404, "erase_name": 404, "unknown": 404, "people": 200,
            "person": 404, "name_person": 404, "merge_people": 404, "erase_person": 404,
-           "search": 503}
+           "search": 503, "split_person": 404, "apart_people": 404}
 READ_ROUTES = {"match", "image", "content", "unknown", "people", "person", "search"}
 
 

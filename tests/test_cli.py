@@ -69,6 +69,13 @@ def test_scan_wait_prints_every_image_with_its_matches_and_a_summary(env: Env) -
     refused = facerec(env, rest, "people", "merge", str(kit), str(rose))
     assert refused.returncode == 1 and "a photo has a face of each" in refused.stderr
     assert facerec(env, rest, "people", "name", "x", "y").returncode != 0
+    group = sha256_hex((FACES / "groups/kit_with_rose.jpg").read_bytes())
+    face = next(f["face"] for f in json.loads(facerec(env, rest, "--json", "people", str(rose))
+                                              .stdout)["faces"] if f["hash"] == group)
+    split = facerec(env, rest, "people", "split", str(rose), f"{group}:{face}")
+    assert split.returncode == 0 and "1 face(s)" in split.stdout, split.stderr
+    apart = facerec(env, rest, "people", "apart", str(kit), str(rose))
+    assert apart.returncode == 0 and "4 face(s)" in apart.stdout, apart.stderr
 
     # Metrics: rest counted the scans, the worker its images and faces.
     text = http("GET", f"{rest}/metrics").body.decode()

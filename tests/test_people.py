@@ -345,3 +345,45 @@ def test_people_routes(people_client: FlaskClient, redis_server: RedisServer) ->
     assert c.get(f"/people/{alex['id']}").status_code == 404
     assert c.get("/people").get_json()["total"] == 5
     assert_consistent(redis_server)
+
+
+def test_faces_moved_out_stay_apart(people_client: FlaskClient,
+                                    redis_server: RedisServer) -> None:
+    c = people_client
+    obama = c.get("/people?limit=1").get_json()["people"][0]
+    faces = c.get(f"/people/{obama['id']}").get_json()["faces"]
+    partial = [{"hash": f["hash"], "face": f["face"]} for f in faces
+               if any("partial" in n for n in f["names"])]
+    assert len(partial) == 2
+    split = c.post(f"/people/{obama['id']}/split", json={"faces": partial})
+    assert split.status_code == 200, split.get_json()
+    new, rest = split.get_json()["person"], split.get_json()["rest"]
+    assert (new["faces"], rest["faces"]) == (2, 12)
+    moved = {(f["hash"], f["face"]) for f in c.get(f"/people/{new['id']}").get_json()["faces"]}
+    assert moved == {(f["hash"], f["face"]) for f in partial}
+    assert_consistent(redis_server)
+    # Moved out by hand, they are never merged back — not by hand either.
+    again = c.post(f"/people/{obama['id']}/merge", json={"from": new["id"]})
+    assert again.status_code == 409 and "apart" in again.get_json()["error"]
+    # The faces remember where they were (what undoing reads).
+    history = redis_server.client(META).hget(f"facehist:{partial[0]['hash']}",
+                                             str(partial[0]["face"]))
+    assert history is not None and history.split()[-1] == str(obama["id"])
+
+    assert c.post(f"/people/{obama['id']}/split", json={"faces": partial}).status_code == 409
+    everything = [{"hash": f["hash"], "face": f["face"]}
+                  for f in c.get(f"/people/{new['id']}").get_json()["faces"]]
+    assert c.post(f"/people/{new['id']}/split", json={"faces": everything}).status_code == 409
+    for body in ({}, {"faces": []}, {"faces": [{"hash": "x", "face": 0}]},
+                 {"faces": [{"hash": partial[0]["hash"], "face": -1}]}):
+        assert c.post(f"/people/{obama['id']}/split", json=body).status_code == 400, body
+    assert c.post("/people/99999/split", json={"faces": partial}).status_code == 404
+
+    others = [p for p in c.get("/people?limit=200").get_json()["people"] if p["faces"] == 1]
+    a, b = others[0]["id"], others[1]["id"]
+    assert c.post(f"/people/{a}/apart", json={"from": b}).status_code == 200
+    refused = c.post(f"/people/{a}/merge", json={"from": b})
+    assert refused.status_code == 409 and "apart" in refused.get_json()["error"]
+    assert c.post(f"/people/{a}/apart", json={"from": a}).status_code == 409
+    assert c.post(f"/people/{a}/apart", json={"from": 99999}).status_code == 404
+    assert_consistent(redis_server)
