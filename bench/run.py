@@ -23,6 +23,7 @@ from bench import (
     dlib_builds,
     index_scaling,
     match_scaling,
+    people_purity,
     rest_ingest,
     search_latency,
     ten_million,
@@ -31,7 +32,7 @@ from bench import (
 from bench.common import ROOT, Section, log, machine
 
 PLOT = ROOT / "bench" / "match-time.png"
-ORDER = ("throughput", "dlib", "match", "index", "tenm", "rest", "search")
+ORDER = ("throughput", "dlib", "match", "index", "tenm", "rest", "search", "people")
 
 
 def render(sections: list[Section], quick: bool, seconds: float, plot: Path | None) -> str:
@@ -87,7 +88,7 @@ def main() -> int:
     sections: list[Section] = []
     modules = {"throughput": throughput, "dlib": dlib_builds, "match": match_scaling,
                "index": index_scaling, "tenm": ten_million, "rest": rest_ingest,
-               "search": search_latency}
+               "search": search_latency, "people": people_purity}
     for name in ORDER:
         if name in chosen:
             log(f"benchmark: {name}")
