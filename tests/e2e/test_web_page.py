@@ -36,6 +36,17 @@ def api(service: Service, path: str) -> Any:
     return reply.body
 
 
+def confirmations(page: Page) -> list[str]:
+    """Accept every confirmation the page asks for; the list of what they said."""
+    said: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        said.append(dialog.message)
+        dialog.accept()
+    page.on("dialog", accept)
+    return said
+
+
 def test_three_photos_uploaded_through_the_page_reach_done_without_reload_or_polling_storm(
         page: Page, service: Service) -> None:
     polls: list[tuple[float, list[str]]] = []
@@ -246,12 +257,7 @@ def test_erasing_an_image_removes_it_from_the_gallery_and_from_the_others_matche
     assert http("GET", f"{service.url}/image/{KIT}/face/0", headers=cached).status == 304
     page.goto(f"{service.url}/ui/image/{KIT}")
     ready(page)
-    dialogs: list[str] = []
-
-    def accept(dialog: Any) -> None:
-        dialogs.append(dialog.message)
-        dialog.accept()
-    page.on("dialog", accept)
+    dialogs = confirmations(page)
     page.click("#erase-image")
     page.wait_for_url(re.compile(r"/ui$"))
     ready(page)
@@ -491,12 +497,7 @@ def test_erasing_a_person_erases_every_image_holding_their_faces(
     assert obama_photo in before
     page.goto(f"{service.url}/ui/people/{obama}")
     ready(page)
-    dialogs: list[str] = []
-
-    def accept(dialog: Any) -> None:
-        dialogs.append(dialog.message)
-        dialog.accept()
-    page.on("dialog", accept)
+    dialogs = confirmations(page)
     page.click("#erase-person")
     page.wait_for_url(re.compile(r"/ui/people$"))
     ready(page)

@@ -426,14 +426,7 @@
       history.replaceState(null, "", url);
       loadGallery().catch((err) => say("Could not load the images: " + err.message, true));
     });
-    $("prev").addEventListener("click", () => {
-      gallery.offset = Math.max(0, gallery.offset - PAGE);
-      loadGallery().catch((err) => say(err.message, true));
-    });
-    $("next").addEventListener("click", () => {
-      gallery.offset += PAGE;
-      loadGallery().catch((err) => say(err.message, true));
-    });
+    pager(gallery, loadGallery);
     await loadGallery();
   }
 
@@ -631,15 +624,18 @@
     $("next").disabled = people.offset + shown >= data.total;
   }
 
+  // The previous / next buttons of a paged list: state.offset moves by PAGE, then load().
+  function pager(state, load) {
+    const go = (offset) => {
+      state.offset = offset;
+      load().catch((err) => say(err.message, true));
+    };
+    $("prev").addEventListener("click", () => go(Math.max(0, state.offset - PAGE)));
+    $("next").addEventListener("click", () => go(state.offset + PAGE));
+  }
+
   async function peoplePage() {
-    $("prev").addEventListener("click", () => {
-      people.offset = Math.max(0, people.offset - PAGE);
-      loadPeople().catch((err) => say(err.message, true));
-    });
-    $("next").addEventListener("click", () => {
-      people.offset += PAGE;
-      loadPeople().catch((err) => say(err.message, true));
-    });
+    pager(people, loadPeople);
     await loadPeople();
   }
 
