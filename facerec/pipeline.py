@@ -37,6 +37,13 @@ WAITED_OUT = (RedisUnavailable, ImageStoreUnavailable)
 Hook = Callable[[str, ImageMessage], None]
 
 
+def keep_nearest(best: dict[str, Match], more: dict[str, Match]) -> None:
+    """Merge matches per image into `best`, keeping the nearer of two."""
+    for other, m in more.items():
+        if other not in best or m.distance < best[other].distance:
+            best[other] = m
+
+
 @dataclass
 class Outcome:
     image_hash: str
@@ -210,9 +217,7 @@ class Processor:
                     self.index.search_each, found.encodings, self.settings.match_tolerance,
                     exclude=h, start_face=searched_from))
             for best, more in zip(per_face, delta, strict=True):
-                for other, m in more.items():
-                    if other not in best or m.distance < best[other].distance:
-                        best[other] = m
+                keep_nearest(best, more)
             pairs = [m for best in per_face for m in best.values()]
             result = self.with_retry("commit", functools.partial(
                 self.store.commit, h, [name], found.encodings, found.boxes, pairs,
@@ -240,9 +245,7 @@ class Processor:
             else:
                 searched_from = searched_to
         for best in per_face:
-            for other, m in best.items():
-                if other not in outcome.matches or m.distance < outcome.matches[other].distance:
-                    outcome.matches[other] = m
+            keep_nearest(outcome.matches, best)
         outcome.seconds = time.monotonic() - start
         metrics.IMAGES.labels("processed").inc()
         metrics.FACES_FOUND.inc(len(found.boxes))
