@@ -27,7 +27,7 @@ from facerec.matcher import FaceIndex, RedisVectors, release_free_heap
 from facerec.messages import ImageMessage
 from facerec.retry import Backoff, retry
 from facerec.settings import Settings
-from facerec.store import LogState, Match, Store
+from facerec.store import LogState, Match, Store, encodings_from_bytes
 
 T = TypeVar("T")
 # Outages waited out in place: they say nothing about the image, so they use no attempt.
@@ -190,6 +190,34 @@ class Processor:
                     found.encodings, tolerance))
         return [sorted(matches.values(), key=lambda m: (m.distance, m.image_hash))[:limit]
                 for matches in per_face]
+
+    def place_people(self, progress: Callable[[int, int], None] | None = None
+                     ) -> tuple[int, int]:
+        """Place in people the faces of images committed before people existed, in
+        commit order; (images placed, images looked at). Idempotent, and safe beside
+        working workers: an image placed meanwhile (by its commit or another run) is
+        skipped, an image erased meanwhile is skipped. Needs the index loaded."""
+        placed = seen = 0
+        for hashes, blobs in self.store.face_log_batches(0):
+            live = [(h, b) for h, b in zip(hashes, blobs, strict=True) if h]
+            todo = self.with_retry("people check", functools.partial(
+                self.store.unplaced, [h for h, _ in live]))
+            for (h, blob), unplaced in zip(live, todo, strict=True):
+                seen += 1
+                if not unplaced:
+                    continue
+                encodings = encodings_from_bytes(blob)
+                with self.index_lock:
+                    per_face = self.with_retry("people match", functools.partial(
+                        self.index.search_each, encodings, self.store.people_tolerance,
+                        exclude=h))
+                links = [m for found in per_face for m in found.values()]
+                if self.with_retry("people place", functools.partial(
+                        self.store.place_faces, h, links)) == "ok":
+                    placed += 1
+            if progress is not None:
+                progress(placed, seen)
+        return placed, seen
 
     def commit_faces(self, h: str, name: str, found: face_ops.Faces,
                      start: float | None = None, ticket: str = "") -> Outcome:

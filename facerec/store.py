@@ -325,7 +325,7 @@ local function place_faces(h, blob, links, tol, now)
   for _, l in ipairs(links) do
     local i = l[1]
     local p = redis.call('HGET', '%(face)s' .. l[2], l[3])
-    if p and not taken[p] then
+    if p and not taken[p] and redis.call('EXISTS', person_key(p)) == 1 then
       local q = placed[i]
       if not q then
         if distance_to(p, vectors[i], 1) <= tol * join_factor(count_of(p)) then
@@ -646,6 +646,25 @@ redis.call('SADD', '%(apart)s' .. b, a)
 return 'ok'
 """
 
+# Place the faces of an image committed before people existed (python -m worker
+# --place-people). ARGV: hash, PEOPLE_TOLERANCE, now, the number of links, then the links
+# as for a commit. Returns 'ok', 'placed' (its faces are in people already) or 'gone'.
+_PLACE_IMAGE = _PEOPLE_FUNCTIONS + """
+local h = ARGV[1]
+redis.call('SELECT', %(encodings_db)d)
+local blob = redis.call('GET', h)
+redis.call('SELECT', %(meta)d)
+if not blob or #blob == 0 then return 'gone' end
+if redis.call('EXISTS', '%(face)s' .. h) == 1 then return 'placed' end
+local links = {}
+for k = 0, tonumber(ARGV[4]) - 1 do
+  local at = 5 + 4 * k
+  links[k + 1] = {tonumber(ARGV[at]), ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])}
+end
+place_faces(h, blob, links, tonumber(ARGV[2]), ARGV[3])
+return 'ok'
+"""
+
 # ARGV: person id, then 1 and the name, or 0 to clear it. Returns 0 if the person is unknown.
 _NAME_PERSON = """
 local key = '%(person)s' .. ARGV[1]
@@ -740,6 +759,7 @@ class Store:
         self._name_person = meta.register_script(_NAME_PERSON % _DBS)
         self._split_person = meta.register_script(_SPLIT_PERSON % _DBS)
         self._mark_apart = meta.register_script(_MARK_APART % _DBS)
+        self._place_image = meta.register_script(_PLACE_IMAGE % _DBS)
 
     def close(self) -> None:
         for c in (*self._db.values(), self._encodings):
@@ -772,16 +792,38 @@ class Store:
             args += [other, repr(min(float(m.distance) for m in found)),
                      ";".join(f"{m.face} {m.stored_face} {m.distance!r}" for m in known),
                      ";".join(f"{m.stored_face} {m.face} {m.distance!r}" for m in known)]
-            links += [m for m in known if m.distance <= self.people_tolerance]
-        links.sort(key=lambda m: (m.distance, m.face, m.image_hash))
-        for m in links:
-            args += [m.face, m.image_hash, m.stored_face, repr(float(m.distance))]
+            links += known
+        args += self._link_args(links)
         status, new_version = self._commit(args=_args(
             image_hash, ticket, names, state.epoch, state.length, state.erased,
             encodings_to_bytes(encodings), json.dumps(boxes), _now(), len(by_image),
-            *args[:4 * len(by_image)], repr(self.people_tolerance), len(links),
-            *args[4 * len(by_image):]))
+            *args[:4 * len(by_image)], repr(self.people_tolerance), *args[4 * len(by_image):]))
         return CommitResult(status, int(new_version))
+
+    def _link_args(self, matches: Iterable[Match]) -> list[bytes | str | int | float]:
+        """The links the people scripts take: their number, then (face, other hash, other
+        face, distance) for each match within PEOPLE_TOLERANCE, nearest first."""
+        links = sorted((m for m in matches if m.face >= 0 and m.distance <= self.people_tolerance),
+                       key=lambda m: (m.distance, m.face, m.image_hash))
+        out: list[bytes | str | int | float] = [len(links)]
+        for m in links:
+            out += [m.face, m.image_hash, m.stored_face, repr(float(m.distance))]
+        return out
+
+    @_translated
+    def place_faces(self, image_hash: str, matches: Iterable[Match]) -> str:
+        """Place the faces of an image committed before people existed, given its matches
+        (Match.face set): "ok", "placed" (they were already) or "gone" (erased)."""
+        return str(self._place_image(args=[image_hash, repr(self.people_tolerance), _now(),
+                                           *self._link_args(matches)]))
+
+    @_translated
+    def unplaced(self, image_hashes: list[str]) -> list[bool]:
+        """For each image, True if its faces are in no person yet."""
+        pipe = self._db[META].pipeline(transaction=False)
+        for h in image_hashes:
+            pipe.exists(FACE_PREFIX + h)
+        return [not found for found in pipe.execute()]
 
     @_translated
     def prepare(self, image_hash: str, name: str, ticket: str, url: str = "") -> bool:

@@ -9,8 +9,11 @@ different people, and each face of a group photo in its own identity's person.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -24,7 +27,7 @@ from facerec.pipeline import Processor
 from facerec.settings import Settings
 from facerec.store import HASH_TO_ENCODINGS, META, PEOPLE, Store, encodings_from_bytes
 from tests import synthetic
-from tests.services import Photo, RedisServer, photos
+from tests.services import ROOT, Env, Photo, RedisServer, photos
 
 PHOTOS = photos()
 # The hardest same-person pair of the set (distance about 0.52, just within
@@ -387,3 +390,35 @@ def test_faces_moved_out_stay_apart(people_client: FlaskClient,
     assert c.post(f"/people/{a}/apart", json={"from": a}).status_code == 409
     assert c.post(f"/people/{a}/apart", json={"from": 99999}).status_code == 404
     assert_consistent(redis_server)
+
+
+def test_images_committed_before_people_existed_are_placed_once(
+        env: Env, store: Store, redis_server: RedisServer,
+        found: dict[str, face_ops.Faces]) -> None:
+    """`python -m worker --place-people` after an upgrade: the people are those a fresh
+    collection gets, a second run places nothing, and images it finds placed stay as
+    they are."""
+    order = list(PHOTOS)
+    random.Random(4).shuffle(order)
+    commit_all(env.settings, store, found, order)
+    meta = redis_server.client(META)
+    kept = hash_of("obama/obama.jpg")
+    for pattern in ("face:*", "facehist:*", "person:*", "apart:*"):
+        for key in meta.scan_iter(pattern):
+            if key != f"face:{kept}":
+                meta.delete(key)
+    meta.delete("people", "people:next")
+    meta.hset(f"face:{kept}", "0", "999")  # as if placed meanwhile: left alone
+
+    def place() -> dict[str, int]:
+        done = subprocess.run([sys.executable, "-m", "worker", "--place-people"], cwd=ROOT,
+                              env=env.environ(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout.splitlines()[-1]))
+    assert place() == {"placed": len(PHOTOS) - 1, "images": len(PHOTOS)}
+    assert meta.hget(f"face:{kept}", "0") == "999"
+    meta.delete(f"face:{kept}")
+    assert place() == {"placed": 1, "images": len(PHOTOS)}
+    check_people(store, found)
+    assert_consistent(redis_server)
+    assert place() == {"placed": 0, "images": len(PHOTOS)}
