@@ -647,7 +647,7 @@ return 'ok'
 """
 
 # Place the faces of an image committed before people existed (python -m worker
-# --place-people). ARGV: hash, PEOPLE_TOLERANCE, now, the number of links, then the links
+# --upgrade). ARGV: hash, PEOPLE_TOLERANCE, now, the number of links, then the links
 # as for a commit. Returns 'ok', 'placed' (its faces are in people already) or 'gone'.
 _PLACE_IMAGE = _PEOPLE_FUNCTIONS + """
 local h = ARGV[1]
@@ -816,6 +816,31 @@ class Store:
         (Match.face set): "ok", "placed" (they were already) or "gone" (erased)."""
         return str(self._place_image(args=[image_hash, repr(self.people_tolerance), _now(),
                                            *self._link_args(matches)]))
+
+    @_translated
+    def date_unlisted_images(self) -> int:
+        """Give the gallery order (`recent`) every image written before it existed, dated
+        by its last update; the number added."""
+        meta = self._db[META]
+        added = 0
+        batch: list[str] = []
+
+        def flush() -> int:
+            pipe = meta.pipeline(transaction=False)
+            for key in batch:
+                pipe.hget(key, "updated")
+            dates = pipe.execute()
+            pipe = meta.pipeline(transaction=False)
+            for key, updated in zip(batch, dates, strict=True):
+                pipe.zadd(RECENT, {key.removeprefix(IMAGE_PREFIX): float(updated or 0)},
+                          nx=True)
+            return sum(int(n) for n in pipe.execute())
+        for key in meta.scan_iter(f"{IMAGE_PREFIX}*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                added += flush()
+                batch.clear()
+        return added + (flush() if batch else 0)
 
     @_translated
     def unplaced(self, image_hashes: list[str]) -> list[bool]:

@@ -395,9 +395,9 @@ def test_faces_moved_out_stay_apart(people_client: FlaskClient,
 def test_images_committed_before_people_existed_are_placed_once(
         env: Env, store: Store, redis_server: RedisServer,
         found: dict[str, face_ops.Faces]) -> None:
-    """`python -m worker --place-people` after an upgrade: the people are those a fresh
-    collection gets, a second run places nothing, and images it finds placed stay as
-    they are."""
+    """`python -m worker --upgrade` on data of a version before people and the gallery
+    order: the people are those a fresh collection gets, every image is listed, a second
+    run changes nothing, and images it finds placed stay as they are."""
     order = list(PHOTOS)
     random.Random(4).shuffle(order)
     commit_all(env.settings, store, found, order)
@@ -407,18 +407,20 @@ def test_images_committed_before_people_existed_are_placed_once(
         for key in meta.scan_iter(pattern):
             if key != f"face:{kept}":
                 meta.delete(key)
-    meta.delete("people", "people:next")
+    meta.delete("people", "people:next", "recent")
     meta.hset(f"face:{kept}", "0", "999")  # as if placed meanwhile: left alone
 
     def place() -> dict[str, int]:
-        done = subprocess.run([sys.executable, "-m", "worker", "--place-people"], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "worker", "--upgrade"], cwd=ROOT,
                               env=env.environ(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout.splitlines()[-1]))
-    assert place() == {"placed": len(PHOTOS) - 1, "images": len(PHOTOS)}
+    n = len(PHOTOS)
+    assert place() == {"listed": n, "placed": n - 1, "images": n}
     assert meta.hget(f"face:{kept}", "0") == "999"
     meta.delete(f"face:{kept}")
-    assert place() == {"placed": 1, "images": len(PHOTOS)}
+    assert place() == {"listed": 0, "placed": 1, "images": n}
     check_people(store, found)
     assert_consistent(redis_server)
-    assert place() == {"placed": 0, "images": len(PHOTOS)}
+    assert place() == {"listed": 0, "placed": 0, "images": n}
+    assert store.recent_images(0, 100)[0] == n

@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
                         help="exit 0 if the running worker's heartbeat is fresh (liveness)")
     parser.add_argument("--file", nargs="+", type=Path, metavar="PATH",
                         help="process these image files now (no RabbitMQ) and print results")
-    parser.add_argument("--place-people", action="store_true",
-                        help="place in people the faces of images committed before people "
-                             "existed (once, after upgrading; safe beside running workers)")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="bring what an older version stored up to date: list its images "
+                             "in the gallery order and place their faces in people (once, "
+                             "after upgrading; safe beside running workers)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.check:
@@ -96,11 +97,11 @@ def main(argv: list[str] | None = None, hook: Hook | None = None) -> int:
     if problem:
         print(f"worker: {problem}", file=sys.stderr)
         return os.EX_CONFIG
-    return run(settings, args.file, hook, place_people=args.place_people)
+    return run(settings, args.file, hook, upgrade=args.upgrade)
 
 
 def run(settings: Settings, files: list[Path] | None, hook: Hook | None,
-        place_people: bool = False) -> int:
+        upgrade: bool = False) -> int:
     # A worker works on one image at a time and scales by processes (one per core), so
     # OpenBLAS's own threads (the fast dlib's face encoder, numpy) find no idle core: with
     # two, the second spun for 1.5 CPU s per 12 s of encoding and detection, and the image
@@ -121,10 +122,11 @@ def run(settings: Settings, files: list[Path] | None, hook: Hook | None,
     processor = Processor(settings, Store(settings), log, images=open_store(settings), hook=hook)
     faces.load_models()
     processor.load_index()
-    if place_people:
+    if upgrade:
+        listed = processor.store.date_unlisted_images()
         placed, seen = processor.place_people(
             lambda placed, seen: log.info("people: %d of %d images placed so far", placed, seen))
-        print(json.dumps({"placed": placed, "images": seen}))
+        print(json.dumps({"listed": listed, "placed": placed, "images": seen}))
         return 0
     if files:
         failed = 0
