@@ -373,7 +373,8 @@ def test_a_photo_dropped_on_the_page_is_uploaded(page: Page, service: Service) -
 @pytest.mark.parametrize("width", [375])
 def test_the_pages_fit_a_phone_width(page: Page, service: Service, width: int) -> None:
     page.set_viewport_size({"width": width, "height": 800})
-    for path in ("/ui", f"/ui/image/{GROUP}", "/ui/search", "/ui/people"):
+    person = api(service, "/people")["people"][0]["id"]
+    for path in ("/ui", f"/ui/image/{GROUP}", "/ui/search", "/ui/people", f"/ui/people/{person}"):
         page.goto(service.url + path)
         ready(page)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
@@ -455,6 +456,10 @@ def test_a_read_only_credential_sees_everything_and_can_change_nothing(
         expect(page.locator("#rename")).to_be_hidden()
         expect(page.locator("#merge")).to_be_hidden()
         expect(page.locator("#erase-person")).to_be_hidden()
+        expect(page.locator("#person-faces li.card").first).to_be_visible()
+        for hidden in ("#apart", "#split", "#split-button", "#split-hint"):
+            expect(page.locator(hidden)).to_be_hidden()
+        expect(page.locator("#person-faces input[type=checkbox]")).to_have_count(0)
     # A full credential gets the controls; signing out forgets the credential.
     page.click("#sign-out")
     expect(page.locator("#sign-in")).to_be_visible()
@@ -486,6 +491,111 @@ def test_without_stored_images_the_page_says_so_and_asks_for_no_picture(
     expect(page.locator("#photo")).to_be_hidden()
     expect(page.locator("#faces li.face")).to_have_count(2)
     assert pictures == []
+
+
+def test_a_face_moved_out_through_the_page_becomes_a_person_never_merged_back(
+        page: Page, service: Service, console: Console) -> None:
+    _people_routes(service)
+    rose = _person_of(service, ROSE)
+    rose_in_group = _person_of(service, GROUP, matching=ROSE)
+    page.goto(f"{service.url}/ui/people/{rose}")
+    ready(page)
+    dialogs = confirmations(page)
+    page.fill("#merge-from", str(rose_in_group))
+    page.click("#merge button")
+    expect(page.locator("#message")).to_have_text(f"Merged person #{rose_in_group} into this one.")
+    cards = page.locator("#person-faces li.card")
+    expect(cards).to_have_count(2)
+    group_face = next(f["face"] for f in api(service, f"/people/{rose}")["faces"]
+                      if f["hash"] == GROUP)
+    button = page.locator("#split-button")
+    expect(button).to_be_disabled()
+    expect(page.locator("#split-count")).to_have_text("No face chosen.")
+    # Each checkbox is labelled with the face it chooses.
+    choose_group = page.get_by_label(f"Choose face {group_face + 1} of kit_with_rose.jpg")
+    choose_rose = page.get_by_label("Choose face 1 of dropped.jpg, img1.jpg")
+    # Every face chosen: a person keeps one, said before anything is asked of the service.
+    choose_group.check()
+    choose_rose.check()
+    expect(button).to_be_enabled()
+    expect(page.locator("#split-count")).to_have_text("2 faces chosen.")
+    button.click()
+    expect(page.locator("#message")).to_contain_text("keeps at least one face")
+    assert len(api(service, f"/people/{rose}")["faces"]) == 2
+    # By keyboard: Space unchooses Rose's own photo, Enter on the button moves the other.
+    choose_rose.focus()
+    page.keyboard.press("Space")
+    expect(choose_rose).not_to_be_checked()
+    expect(page.locator("#split-count")).to_have_text("1 face chosen.")
+    button.focus()
+    page.keyboard.press("Enter")
+    message = page.locator("#message")
+    expect(message).to_contain_text("Moved 1 face to a new person: Unnamed person #")
+    expect(message).not_to_have_class(re.compile("error"))
+    assert dialogs[-1].startswith("Move 1 face out of ")
+    link = message.locator("a")
+    href = link.get_attribute("href") or ""
+    new = int(href.rsplit("/", 1)[1])
+    expect(link).to_have_text(f"Unnamed person #{new}")
+    expect(link).to_be_focused()
+    # The list is this person's again: one face, nothing chosen.
+    expect(cards).to_have_count(1)
+    expect(cards.locator(".names")).to_have_text("dropped.jpg, img1.jpg")
+    expect(button).to_be_disabled()
+    assert axe_violations(page) == []
+    moved = api(service, f"/people/{new}")
+    assert [(f["hash"], f["face"]) for f in moved["faces"]] == [(GROUP, group_face)]
+    assert [f["hash"] for f in api(service, f"/people/{rose}")["faces"]] == [ROSE]
+    refused = http("POST", f"{service.url}/people/{rose}/merge", json_body={"from": new})
+    assert refused.status == 409 and "apart" in refused.body["error"], refused.body
+    # The message's link leads to the new person.
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/ui/people/{new}")
+    ready(page)
+    expect(page.locator("#person-faces .names")).to_have_text(["kit_with_rose.jpg"])
+    # And the page says why a merge of the two is refused.
+    console.expect_refusal(409)
+    page.fill("#merge-from", str(rose))
+    page.click("#merge button")
+    expect(page.locator("#message")).to_have_text(
+        "Could not merge: these cannot be merged: marked apart")
+
+
+def test_two_people_marked_apart_through_the_page_are_never_merged(
+        page: Page, service: Service, console: Console) -> None:
+    _people_routes(service)
+    biden = _person_of(service, sha256_hex((FACES / "biden/biden.jpg").read_bytes()))
+    alex = _person_of(service, sha256_hex((FACES / "alex_lacamoire/img1.jpg").read_bytes()))
+    page.goto(f"{service.url}/ui/people/{biden}")
+    ready(page)
+    dialogs = confirmations(page)
+    console.expect_refusal(409)
+    console.expect_refusal(404)
+    # The service's refusals are shown as it gives them.
+    page.fill("#apart-from", str(biden))
+    page.click("#apart button")
+    expect(page.locator("#message")).to_have_text(
+        "Could not mark apart: a person cannot be apart from itself")
+    expect(page.locator("#message")).to_have_class(re.compile("error"))
+    page.fill("#apart-from", "987654")
+    page.press("#apart-from", "Enter")
+    expect(page.locator("#message")).to_have_text(
+        "Could not mark apart: no person with one of these ids")
+    page.get_by_label("Never the same person as #").fill(str(alex))
+    page.click("#apart button")
+    expect(page.locator("#message")).to_have_text(
+        f"Person #{alex} is marked as never the same person as Unnamed person #{biden}.")
+    expect(page.locator("#message a")).to_have_attribute("href", f"/ui/people/{alex}")
+    expect(page.locator("#apart-from")).to_have_value("")
+    assert f"Mark person #{alex} as never the same person as" in dialogs[-1]
+    refused = http("POST", f"{service.url}/people/{alex}/merge", json_body={"from": biden})
+    assert refused.status == 409 and "marked apart" in refused.body["error"], refused.body
+    page.fill("#merge-from", str(alex))
+    page.click("#merge button")
+    expect(page.locator("#message")).to_have_text(
+        "Could not merge: these cannot be merged: marked apart")
+    assert len(api(service, f"/people/{biden}")["faces"]) == 1
+    assert len(api(service, f"/people/{alex}")["faces"]) == 1
 
 
 def test_erasing_a_person_erases_every_image_holding_their_faces(

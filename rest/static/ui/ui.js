@@ -126,9 +126,10 @@
     return el("span", { class: "nopic", text });
   }
 
+  // A message above the page: a string, or a list of strings (as text) and nodes.
   function say(text, isError) {
     const box = $("message");
-    box.textContent = text;
+    box.replaceChildren(...[].concat(text));
     box.className = isError ? "message error" : "message";
   }
 
@@ -639,23 +640,51 @@
     await loadPeople();
   }
 
+  function personTitle(person) {
+    return person.name || `Unnamed person #${person.id}`;
+  }
+
   async function loadPerson(id) {
     const person = await api("GET", "/people/" + id);
-    const title = person.name || `Unnamed person #${person.id}`;
+    const title = personTitle(person);
     $("person-title").textContent = title;
     document.title = title + " · facerec";
     $("person-name").value = person.name || "";
     const list = $("person-faces");
+    releasePictures(list);
     list.replaceChildren();
     for (const face of person.faces) {
       const img = el("img", { class: "face-crop", alt: "" });
-      list.append(el("li", { class: "card" },
+      const card = el("li", { class: "card", "data-hash": face.hash, "data-face": face.face },
         el("a", { href: imageLink(face.hash) }, img,
            el("span", { class: "names", text: namesText(face.names) })),
-        el("span", { class: "meta", text: `face ${face.face + 1} of that image` })));
+        el("span", { class: "meta", text: `face ${face.face + 1} of that image` }));
+      // A checkbox to move the face out (full access only: the service refuses the rest).
+      if (me.scope === "full") {
+        card.append(el("label", { class: "choose" },
+          el("input", { type: "checkbox", class: "choose-face",
+                        "data-hash": face.hash, "data-face": face.face }),
+          "Choose",
+          el("span", { class: "sr-only",
+                       text: ` face ${face.face + 1} of ${namesText(face.names)}` })));
+      }
+      list.append(card);
       picture(img, `/image/${face.hash}/face/${face.face}`, "");
     }
+    updateSplit();
     return person;
+  }
+
+  // The faces chosen to move out, as the split route takes them.
+  function chosenFaces() {
+    return [...document.querySelectorAll("#person-faces input.choose-face:checked")]
+      .map((box) => ({ hash: box.dataset.hash, face: Number(box.dataset.face) }));
+  }
+
+  function updateSplit() {
+    const n = chosenFaces().length;
+    $("split-button").disabled = n === 0;
+    $("split-count").textContent = n ? `${n} face${n === 1 ? "" : "s"} chosen.` : "No face chosen.";
   }
 
   async function personPage() {
@@ -690,6 +719,51 @@
         say(`Merged person #${other} into this one.`);
       } catch (err) {
         say("Could not merge: " + err.message, true);
+      }
+    });
+    $("person-faces").addEventListener("change", (e) => {
+      if (e.target.classList.contains("choose-face")) updateSplit();
+    });
+    $("split").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const faces = chosenFaces();
+      const n = faces.length;
+      if (!n) return;
+      if (n >= person.faces.length) {
+        say("A person keeps at least one face: leave one of them unchosen.", true);
+        return;
+      }
+      const some = `${n} face${n === 1 ? "" : "s"}`;
+      if (!window.confirm(`Move ${some} out of ${personTitle(person)} to a new person? The new person will never be merged with this one.`)) return;
+      let data;
+      try {
+        data = await api("POST", `/people/${id}/split`, { faces });
+      } catch (err) {
+        say("Could not move the faces: " + err.message, true);
+        return;
+      }
+      const link = el("a", { href: personLink(data.person.id), text: personTitle(data.person) });
+      say([`Moved ${some} to a new person: `, link, "."]);
+      try {
+        person = await loadPerson(id);
+      } catch (err) {
+        say("Moved, but could not reload this person: " + err.message, true);
+        return;
+      }
+      // The button is disabled again (nothing chosen): the keyboard goes on from the link.
+      link.focus();
+    });
+    $("apart").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const other = Number($("apart-from").value);
+      if (!window.confirm(`Mark person #${other} as never the same person as ${personTitle(person)}? They can then never be merged.`)) return;
+      try {
+        await api("POST", `/people/${id}/apart`, { from: other });
+        $("apart-from").value = "";
+        say([el("a", { href: personLink(other), text: `Person #${other}` }),
+             ` is marked as never the same person as ${personTitle(person)}.`]);
+      } catch (err) {
+        say("Could not mark apart: " + err.message, true);
       }
     });
     $("erase-person").addEventListener("click", async () => {
