@@ -389,22 +389,27 @@
     }
   }
 
+  // Files dropped on `zone` go to take(files); the zone is highlighted while dragged over.
+  function onDrop(zone, take) {
+    zone.addEventListener("dragover", (e) => {
+      e.preventDefault();
+      zone.classList.add("over");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      zone.classList.remove("over");
+      take(e.dataTransfer.files);
+    });
+  }
+
   function initUpload() {
     const drop = $("drop");
     $("files").addEventListener("change", (e) => {
       addFiles(e.target.files);
       e.target.value = "";
     });
-    drop.addEventListener("dragover", (e) => {
-      e.preventDefault();
-      drop.classList.add("over");
-    });
-    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-    drop.addEventListener("drop", (e) => {
-      e.preventDefault();
-      drop.classList.remove("over");
-      addFiles(e.dataTransfer.files);
-    });
+    onDrop(drop, addFiles);
     $("url-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const lines = $("urls").value.split(/\s+/).filter((u) => u);
@@ -586,15 +591,8 @@
     $("search-file").addEventListener("change", (e) => {
       if (e.target.files.length) search(e.target.files[0]);
     });
-    drop.addEventListener("dragover", (e) => {
-      e.preventDefault();
-      drop.classList.add("over");
-    });
-    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-    drop.addEventListener("drop", (e) => {
-      e.preventDefault();
-      drop.classList.remove("over");
-      if (e.dataTransfer.files.length) search(e.dataTransfer.files[0]);
+    onDrop(drop, (files) => {
+      if (files.length) search(files[0]);
     });
   }
 
