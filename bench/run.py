@@ -1,6 +1,6 @@
 """Run the benchmark suite and write BENCHMARKS.md (and the match-time plot).
 
-    python bench/run.py            full suite (~30 min; 2c needs 16 GiB free): writes
+    python bench/run.py            full suite (about an hour; 2c needs 16 GiB free): writes
                                    BENCHMARKS.md and bench/match-time.png
     python bench/run.py --quick    a ~2-minute subset: prints the tables only (pass
                                    --output PATH to write them somewhere)
