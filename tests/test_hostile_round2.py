@@ -437,12 +437,21 @@ def test_liveness_and_queries_answer_while_slow_clients_hold_every_connection_th
     slow = trickler(rest)
     for _ in range(40):  # heads that never end
         slow.open(b"GET /match/" + b"0" * 64 + b" HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-    for _ in range(2):  # bodies that never end: they take the two slow-work slots
+    def slow_body() -> None:  # a body that never ends: it holds a slow-work slot
         slow.open(b"POST /scan/image/slow.jpg HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 1000000\r\n\r\n" + OBAMA[:100])
+
+    def every_slot_taken() -> bool:
+        if http("POST", f"{rest}/scan/image/a.jpg", OBAMA, timeout=10).status == 503:
+            return True
+        # That upload found a slot free: a slow body was refused because an upload held
+        # the slot at that instant (the two race). Another slow body takes the slot back.
+        slow_body()
+        return False
+    for _ in range(2):  # the two slow-work slots
+        slow_body()
     # Every slot taken: one more upload is refused at once rather than queued for a thread.
-    wait_until(lambda: http("POST", f"{rest}/scan/image/a.jpg", OBAMA, timeout=10).status
-               == 503, 30, "the slow-work slots to be taken")
+    wait_until(every_slot_taken, 30, "the slow-work slots to be taken")
     assert http("GET", f"{rest}/healthz", timeout=5).body == {"status": "ok"}
     assert http("GET", f"{rest}/match/{'0' * 64}", timeout=5).body == []
     assert http("GET", f"{rest}/readyz", timeout=5).status == 200
