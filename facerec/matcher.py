@@ -76,6 +76,13 @@ _EMPTY = np.empty(0, dtype=np.int64)
 _INT32_MAX = 2**31 - 1
 
 
+def keep_nearest(best: dict[str, Match], more: dict[str, Match]) -> None:
+    """Merge matches per image into `best`, keeping the nearer of two."""
+    for other, m in more.items():
+        if other not in best or m.distance < best[other].distance:
+            best[other] = m
+
+
 def exact_distances(stored: np.ndarray, face: np.ndarray) -> np.ndarray:
     """Euclidean distances in float64 from float32 values: the same for (a, b) and (b, a)."""
     diff = stored.astype(np.float64) - face.astype(ENCODING_DTYPE).astype(np.float64)
@@ -652,9 +659,7 @@ class FaceIndex:
         """
         best: dict[str, Match] = {}
         for found in self.search_each(faces, tolerance, exclude, start_face):
-            for h, m in found.items():
-                if h not in best or m.distance < best[h].distance:
-                    best[h] = m
+            keep_nearest(best, found)
         return best
 
     def search_each(self, faces: np.ndarray, tolerance: float, exclude: str = "",

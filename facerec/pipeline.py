@@ -23,7 +23,7 @@ from facerec import faces as face_ops
 from facerec import metrics
 from facerec.errors import ImageStoreUnavailable, RedisUnavailable
 from facerec.imagestore import ImageStore, InlineStore, check_ref
-from facerec.matcher import FaceIndex, RedisVectors, release_free_heap
+from facerec.matcher import FaceIndex, RedisVectors, keep_nearest, release_free_heap
 from facerec.messages import ImageMessage
 from facerec.retry import Backoff, retry
 from facerec.settings import Settings
@@ -35,13 +35,6 @@ WAITED_OUT = (RedisUnavailable, ImageStoreUnavailable)
 # Called at the named points of processing ("before_commit", "after_commit") with the
 # message: the way tests inject faults (tests/fault_worker.py). Production installs none.
 Hook = Callable[[str, ImageMessage], None]
-
-
-def keep_nearest(best: dict[str, Match], more: dict[str, Match]) -> None:
-    """Merge matches per image into `best`, keeping the nearer of two."""
-    for other, m in more.items():
-        if other not in best or m.distance < best[other].distance:
-            best[other] = m
 
 
 @dataclass
