@@ -1064,10 +1064,16 @@ class Store:
         return int(meta.zcard(PEOPLE)), self._summaries(ids)
 
     @_translated
+    def person_summary(self, person_id: int) -> dict[str, object] | None:
+        """A person as people_page lists it, or None."""
+        found = self._summaries([str(person_id)])
+        return found[0] if found else None
+
+    @_translated
     def person(self, person_id: int) -> dict[str, object] | None:
         """A person with all its faces (image hash, position, box, the image's names)."""
-        found = self._summaries([str(person_id)])
-        if not found:
+        person = self.person_summary(person_id)
+        if person is None:
             return None
         refs = sorted(_face_ref(r) for r in cast(set[str], self._db[META].smembers(
             f"{PERSON_PREFIX}{person_id}:faces")))
@@ -1075,7 +1081,6 @@ class Store:
         boxes = self._boxes(hashes)
         unique = sorted(set(hashes))
         names = dict(zip(unique, self.names_of(unique), strict=True))
-        person = found[0]
         person["faces"] = [{"hash": h, "face": j, "box": _box_at(boxes.get(h), j),
                             "names": sorted(names[h])} for h, j in refs]
         return person

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import unicodedata
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 
 from facerec import metrics
 from facerec.messages import is_image_hash
 from rest.access import FULL, READ, needs
 from rest.erase import erase_held
 from rest.errors import ApiError
+from rest.queries import int_arg
 from rest.scan import read_json
 from rest.services import services
 
@@ -26,19 +27,6 @@ MAX_PAGE = 200
 DEFAULT_PAGE = 50
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be in {lo}..{hi}")
-    return value
-
-
 def _found(person_id: int) -> dict[str, object]:
     person = services().store.person(person_id)
     if person is None:
@@ -47,17 +35,18 @@ def _found(person_id: int) -> dict[str, object]:
 
 
 def _summary(person_id: int) -> dict[str, object]:
-    person = _found(person_id)
-    faces = person["faces"]
-    assert isinstance(faces, list)
-    return {**person, "faces": len(faces), "face": person["face"]}
+    """The person as the list shows it (its face count, not its faces), or a 404."""
+    summary = services().store.person_summary(person_id)
+    if summary is None:
+        raise ApiError(404, "no person with this id")
+    return summary
 
 
 @bp.get("/people")
 @needs(READ)
 def people() -> Response:
-    offset = _int_arg("offset", 0, 0, 10**9)
-    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    offset = int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)
     total, page = services().store.people_page(offset, limit)
     return jsonify(people=page, total=total, offset=offset, limit=limit)
 
@@ -72,7 +61,7 @@ def person(person_id: int) -> Response:
 @needs(FULL)
 def name_person(person_id: int) -> Response:
     """Name a person ({"name": "…"}), or clear the name ({"name": null})."""
-    _found(person_id)
+    _summary(person_id)
     body = read_json()
     if not isinstance(body, dict) or "name" not in body:
         raise ApiError(400, 'the body must be a JSON object {"name": "…"} (null clears it)')
@@ -121,7 +110,7 @@ def _other_person(body: object) -> int:
 def split(person_id: int) -> Response:
     """Move faces ({"faces": [{"hash": …, "face": n}, …]}) that are not this person into a
     new person, marked apart from this one so that no later face merges them again."""
-    _found(person_id)
+    _summary(person_id)
     body = read_json()
     faces = body.get("faces") if isinstance(body, dict) else None
     if not (isinstance(faces, list) and 0 < len(faces) <= MAX_PAGE and all(
@@ -160,7 +149,7 @@ def erase_person(person_id: int) -> Response:
     """Erase every image holding a face of this person: a person's biometric data lives
     in the images' encodings (database 3), and a photo shows everyone in it."""
     s = services()
-    _found(person_id)
+    _summary(person_id)
     reports = [r for h in s.store.person_images(person_id)
                if (r := erase_held(h, "person")) is not None]
     s.log.info("person %d erased (by %s): %d images", person_id,

@@ -13,6 +13,20 @@ from rest.services import services
 bp = Blueprint("queries", __name__)
 
 
+def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    """Query parameter `name` as an integer in lo..hi (`default` when absent), or a 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be in {lo}..{hi}")
+    return value
+
+
 def checked_hash(image_hash: str) -> str:
     if not is_image_hash(image_hash):
         raise ApiError(400, f"hash must be {HASH_DESCRIPTION}")

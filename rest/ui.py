@@ -31,7 +31,7 @@ from facerec.errors import InvalidImage
 from facerec.messages import is_image_hash
 from rest.access import OPEN, READ, needs
 from rest.errors import ApiError
-from rest.queries import checked_hash
+from rest.queries import checked_hash, int_arg
 from rest.scan import busy_is_503, limits, read_json
 from rest.services import services
 
@@ -129,19 +129,12 @@ def whoami() -> Response:
                    scope=credential.scope if credential else None, stored=stored)
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, f"{name} must be an integer in {low}..{high}")
-    return int(raw)
-
-
 @bp.get("/ui/api/images")
 @needs(READ)
 def images() -> Response:
     """The gallery: image views, newest first; ?name= keeps those with a name containing it."""
-    offset = _int_arg("offset", 0, 0, 10**9)
-    limit = _int_arg("limit", 24, 1, MAX_PAGE)
+    offset = int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 24, 1, MAX_PAGE)
     name = request.args.get("name", "")[:200]
     total, views = services().store.recent_images(offset, limit, name)
     return jsonify(images=views, total=total, offset=offset, limit=limit, name=name)
