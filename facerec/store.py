@@ -994,6 +994,25 @@ class Store:
         return sorted(set().union(*self.names_of(others))) if others else []
 
     @_translated
+    def image_states(self, image_hashes: list[str]) -> dict[str, dict[str, object] | None]:
+        """Where each image stands — status, reason, number of faces, names (as
+        image_view gives them) — or None if never seen; one round trip per database
+        for the whole batch (what a page polling its uploads asks)."""
+        meta = self._db[META].pipeline(transaction=False)
+        for h in image_hashes:
+            meta.hmget(image_key(h), "status", "reason", "faces")
+            meta.smembers(pending_key(h))
+        answers = meta.execute()
+        names = self.names_of(image_hashes)
+        out: dict[str, dict[str, object] | None] = {}
+        for h, (status, reason, boxes), pending, known in zip(
+                image_hashes, answers[::2], answers[1::2], names, strict=True):
+            out[h] = None if status is None else {
+                "status": status, "reason": reason, "faces": len(json.loads(boxes or "[]")),
+                "names": sorted(known | set(pending))}
+        return out
+
+    @_translated
     def image_view(self, image_hash: str) -> dict[str, object] | None:
         """Everything known about one image, or None when it was never seen."""
         meta = self._db[META].pipeline(transaction=False)
@@ -1044,12 +1063,13 @@ class Store:
         rows = [(pid, *row) for pid, row in zip(ids, pipe.execute(), strict=True)
                 if row[1] is not None]
         refs = [_face_ref(rep) for _, _, _, rep in rows]
-        boxes = self._boxes([h for h, _ in refs])
+        boxes = self.face_boxes([h for h, _ in refs])
         return [{"id": int(pid), "name": name, "faces": int(count),
                  "face": {"hash": h, "face": j, "box": _box_at(boxes.get(h), j)}}
                 for (pid, name, count, _), (h, j) in zip(rows, refs, strict=True)]
 
-    def _boxes(self, image_hashes: Iterable[str]) -> dict[str, list[list[int]]]:
+    def face_boxes(self, image_hashes: Iterable[str]) -> dict[str, list[list[int]]]:
+        """The face boxes ([top, right, bottom, left]) of these images ([] if unknown)."""
         unique = sorted(set(image_hashes))
         pipe = self._db[META].pipeline(transaction=False)
         for h in unique:
@@ -1078,7 +1098,7 @@ class Store:
         refs = sorted(_face_ref(r) for r in cast(set[str], self._db[META].smembers(
             f"{PERSON_PREFIX}{person_id}:faces")))
         hashes = [h for h, _ in refs]
-        boxes = self._boxes(hashes)
+        boxes = self.face_boxes(hashes)
         unique = sorted(set(hashes))
         names = dict(zip(unique, self.names_of(unique), strict=True))
         person["faces"] = [{"hash": h, "face": j, "box": _box_at(boxes.get(h), j),

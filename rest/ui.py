@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request, send_file
 from PIL import ExifTags, Image, ImageOps
@@ -151,15 +150,8 @@ def status() -> Response:
         raise ApiError(400, 'send JSON {"hashes": ["<hash>", ...]}')
     if len(hashes) > MAX_STATUS_HASHES:
         raise ApiError(400, f"at most {MAX_STATUS_HASHES} hashes at once")
-    store = services().store
-    out: dict[str, dict[str, Any] | None] = {}
-    for h in dict.fromkeys(checked_hash(h) for h in hashes):
-        view = store.image_view(h)
-        out[h] = None if view is None else {
-            "status": view["status"], "reason": view.get("reason"),
-            "faces": len(view["faces"]) if isinstance(view["faces"], list) else 0,
-            "names": view["names"]}
-    return jsonify(images=out)
+    wanted = list(dict.fromkeys(checked_hash(h) for h in hashes))
+    return jsonify(images=services().store.image_states(wanted))
 
 
 # -- thumbnails -----------------------------------------------------------------------------
@@ -267,17 +259,15 @@ def face_thumbnail(image_hash: str, face: int) -> Response:
     # (its thumbnail) is still held.
     if request.if_none_match.contains(etag) and services().images.read_thumbnail(h) is not None:
         return _jpeg(b"", etag)
-    view = services().store.image_view(h)
-    boxes = view["faces"] if view else []
-    if not isinstance(boxes, list) or not 0 <= face < len(boxes):
+    boxes = services().store.face_boxes([h])[h]
+    if not 0 <= face < len(boxes):
         raise ApiError(404, "no such face")
     small = _thumbnail(h)
     size = original_size(small)
     with Image.open(io.BytesIO(small), formats=["JPEG"]) as image:
         image.load()
         scale = image.width / size[0] if size else 1.0
-        box = boxes[face]
-        top, right, bottom, left = (box[k] * scale for k in ("top", "right", "bottom", "left"))
+        top, right, bottom, left = (v * scale for v in boxes[face])
         margin = (bottom - top) * 0.3
         crop = image.crop((round(max(0, left - margin)), round(max(0, top - margin)),
                            round(min(image.width, right + margin)),
