@@ -32,7 +32,7 @@ from bench.common import Section, log, percentile, services, verdict
 from facerec.faces import Faces
 from facerec.matcher import FaceIndex, MemoryVectors
 from facerec.pipeline import Processor
-from facerec.store import FACE_PREFIX, META, PAIRS_PREFIX, Store
+from facerec.store import FACE_PREFIX, META, PAIRS_PREFIX, Store, parse_pairs
 
 FULL_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)
@@ -128,9 +128,7 @@ def measure(n_faces: int, **settings: object) -> dict[str, float]:
             for j, pid in placed.items():
                 people[at[(h, int(j))]] = int(pid)
             for other, text in pairs.items():
-                for part in text.split(";"):
-                    i, j, _d = part.split(" ")
-                    edges.append((at[(h, int(i))], at[(other, int(j))]))
+                edges += [(at[(h, i)], at[(other, j)]) for i, j, _ in parse_pairs(text)]
         store.close()
     precision, recall = pair_counts(people, truth)
     largest = Counter(people).most_common(1)[0][0]

@@ -1032,7 +1032,7 @@ class Store:
         people, pairs = meta.execute()
         face_matches: list[list[dict[str, object]]] = [[] for _ in boxes]
         for other, found in pairs.items():
-            for i, j, d in _parse_pairs(found):
+            for i, j, d in parse_pairs(found):
                 if i < len(boxes):
                     face_matches[i].append({"hash": other, "face": j, "distance": d})
         view: dict[str, object] = {
@@ -1175,7 +1175,8 @@ class Store:
         return total, [v for v in views if v is not None]
 
 
-def _parse_pairs(text: str) -> list[tuple[int, int, float]]:
+def parse_pairs(text: str) -> list[tuple[int, int, float]]:
+    """A pairs:<hash> value: (face of this image, face of the other, distance) each."""
     out = []
     for part in text.split(";") if text else []:
         i, j, d = part.split(" ")
