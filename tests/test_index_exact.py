@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from hypothesis import strategies as st
 from facerec import _kernels
 from facerec.matcher import DIMS, ERROR_CAP, SCALE, FaceIndex, encode, exact_distances
 
-KERNELS = ["numba", "numpy"]
+KERNELS = ["native", "numpy"]
 DROPPED = np.setdiff1d(np.arange(128), DIMS)
 # Distances from the tolerance at which faces are placed: on it, a float32 step either
 # side, and about the bound's size either side (E + e(q) is ≈ 0.05).
@@ -69,8 +72,25 @@ def adversarial_face(rng: np.random.Generator, query: np.ndarray, tol: float, ki
     return face.astype(np.float32)
 
 
+@contextmanager
+def kernel_in_use(kernel: str) -> Iterator[str]:
+    """The FaceIndex kernel for `kernel`: "portable" is the native one with its portable C
+    loop selected (AVX2, where the CPU has it, again afterwards)."""
+    if kernel != "portable":
+        yield kernel
+        return
+    module = _kernels.native()
+    assert module is not None
+    before = module.kernel()
+    module.select("portable")
+    try:
+        yield "native"
+    finally:
+        module.select(before)
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", [*KERNELS, "portable"])
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), tol=st.sampled_from([0.6, 0.5, 0.3, 0.0, 1.2]),
        ops=st.lists(st.tuples(st.sampled_from(["extend", "add", "remove", "search"]),
@@ -78,10 +98,15 @@ def adversarial_face(rng: np.random.Generator, query: np.ndarray, tol: float, ki
        capacity=st.integers(1, 70))
 def test_search_equals_the_float64_brute_force_under_any_interleaving(
         kernel: str, seed: int, tol: float, ops: list[tuple[str, int]], capacity: int) -> None:
+    with kernel_in_use(kernel) as name:
+        interleave(seed, tol, ops, capacity, FaceIndex(capacity=capacity, kernel=name))
+
+
+def interleave(seed: int, tol: float, ops: list[tuple[str, int]], capacity: int,
+               index: FaceIndex) -> None:
     rng = np.random.default_rng(seed)
     anchors = rng.normal(0, 0.07, size=(3, 128)).astype(np.float32)
     anchors[0] = np.clip(anchors[0] * 8, -1.2, 1.2)  # a query near the codes' range ends
-    index = FaceIndex(capacity=capacity, kernel=kernel)
     images: list[tuple[str, np.ndarray, bool]] = []  # the model: ordinal = position
     names = itertools.count()
 
@@ -138,31 +163,85 @@ def test_no_face_within_tolerance_is_ever_outside_the_integer_threshold(
         assert int(diff @ diff) <= int(limits[0])
 
 
+def native_variants() -> list[str]:
+    """The native module's scans on this CPU: AVX2 where it has it, and the portable loop."""
+    module = _kernels.native()
+    assert module is not None, "facerec._scan is not built: `pip install -e .` builds it"
+    return (["avx2"] if module.kernel() == "avx2" else []) + ["portable"]
+
+
+def test_the_native_kernel_is_built_and_uses_avx2_where_the_cpu_has_it() -> None:
+    # CI and the images build the extension: a missing build must fail here, not fall back
+    # to numpy unnoticed.
+    module = _kernels.native()
+    assert module is not None and FaceIndex().kernel == "native"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert (module.kernel() == "avx2") == (" avx2" in flags)
+
+
 @pytest.mark.timeout(60)
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 300), lo=st.integers(0, 300),
        n_queries=st.integers(1, 3))
-def test_the_numba_and_numpy_kernels_find_the_same_candidates(
+def test_every_kernel_finds_the_same_candidates_as_the_definition(
         seed: int, rows: int, lo: int, n_queries: int) -> None:
+    """Candidates are the rows whose squared code distance over all 96 codes is within the
+    threshold, whatever the scan skips (the tail after a head over it)."""
     rng = np.random.default_rng(seed)
     blocks = -(-rows // _kernels.BLOCK_ROWS)
-    chunk = rng.choice([-127, -126, -1, 0, 1, 126, 127, 5, -40],
-                       size=blocks * _kernels.BLOCK_BYTES).astype(np.int8)
+    values = [-127, -126, -1, 0, 1, 126, 127, 5, -40]
+    head = rng.choice(values, size=blocks * _kernels.BLOCK_BYTES).astype(np.int8)
+    tail = rng.choice(values, size=(blocks * _kernels.BLOCK_ROWS, _kernels.TAIL_DIMS)
+                      ).astype(np.int8)
+    codes = np.concatenate([_kernels.head_rows(head), tail], axis=1).astype(np.int64)
     queries = rng.integers(-127, 128, size=(n_queries, _kernels.CODE_DIMS)).astype(np.int16)
-    # Thresholds at exact sums (ties), and the extremes.
-    sums = [int(((chunk.reshape(blocks, 48, 64, 2).transpose(0, 2, 1, 3).reshape(-1, 96)
-                  [rng.integers(rows)].astype(np.int64) - q) ** 2).sum()) for q in queries]
-    limits = np.array([s - int(rng.integers(0, 2)) for s in sums], dtype=np.int32)
+    sums = ((codes[:, None, :] - queries[None].astype(np.int64)) ** 2).sum(axis=2)
+    # Thresholds at exact sums (ties), just below them, at a head-only sum, and the extremes.
+    picks = rng.integers(rows, size=n_queries)
+    limits = np.array([sums[r, c] - int(rng.integers(0, 2)) for c, r in enumerate(picks)])
+    head_only = ((codes[picks, :_kernels.HEAD_DIMS] - queries[:, :_kernels.HEAD_DIMS]) ** 2
+                 ).sum(axis=1)
+    limits = np.where(rng.random(n_queries) < 0.2, head_only, limits)
     limits[rng.random(n_queries) < 0.2] = np.iinfo(np.int32).max
+    limits[rng.random(n_queries) < 0.1] = -1
+    limits = limits.astype(np.int32)
     lo = min(lo, rows)
-    found = []
-    for name in KERNELS:
-        _, scan = _kernels.get_scan(name)
+    want = sorted((r, c) for c in range(n_queries) for r in range(lo, rows)
+                  if sums[r, c] <= limits[c])
+
+    def run(scan: _kernels.ScanFn) -> list[tuple[int, int]]:
         out_rows = np.empty(blocks * 64 * n_queries, np.int64)
         out_cols = np.empty_like(out_rows)
-        n = scan(chunk, lo, rows, queries, limits, out_rows, out_cols)
-        found.append(sorted(zip(out_rows[:n].tolist(), out_cols[:n].tolist(), strict=True)))
-    assert found[0] == found[1]
+        n = scan(head, tail, lo, rows, queries, limits, out_rows, out_cols)
+        return sorted(zip(out_rows[:n].tolist(), out_cols[:n].tolist(), strict=True))
+
+    results = {"numpy": run(_kernels.scan_numpy)}
+    module = _kernels.native()
+    assert module is not None
+    before = module.kernel()
+    try:
+        for variant in native_variants():
+            module.select(variant)
+            results[variant] = run(module.scan)
+    finally:
+        module.select(before)
+    for name, got in results.items():
+        assert got == want, name
+
+
+def test_the_native_scan_refuses_buffers_too_small_for_the_rows_asked() -> None:
+    scan = _kernels.get_scan("native")[1]
+    head = np.zeros(_kernels.BLOCK_BYTES, np.int8)
+    tail = np.zeros((_kernels.BLOCK_ROWS, _kernels.TAIL_DIMS), np.int8)
+    q = np.zeros((1, _kernels.CODE_DIMS), np.int16)
+    out = np.empty(4, np.int64)
+    with pytest.raises(ValueError, match="head"):
+        scan(head, tail, 0, 65, q, np.zeros(1, np.int32), out, out.copy())
+    with pytest.raises(ValueError, match="tail"):
+        scan(head, tail[:10], 0, 64, q, np.zeros(1, np.int32), out, out.copy())
+    with pytest.raises(ValueError, match="queries"):
+        scan(head, tail, 0, 64, q, np.zeros(2, np.int32), out, out.copy())
+    assert scan(head, tail, 0, 64, q, np.zeros(1, np.int32), out, out.copy()) == 64
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -181,9 +260,11 @@ def test_the_kernel_is_chosen_by_parameter_environment_or_availability(
     monkeypatch.setenv(_kernels.KERNEL_ENV, "numpy")
     assert FaceIndex().kernel == "numpy"
     monkeypatch.setenv(_kernels.KERNEL_ENV, "auto")
-    assert FaceIndex().kernel == ("numba" if _kernels.numba_available() else "numpy")
-    monkeypatch.setattr(_kernels, "numba_available", lambda: False)
+    assert FaceIndex().kernel == "native"
+    monkeypatch.setattr(_kernels, "native", lambda: None)  # the extension not built
     assert FaceIndex().kernel == "numpy"
+    with pytest.raises(RuntimeError, match="not built"):
+        FaceIndex(kernel="native")
     with pytest.raises(ValueError, match="unknown index kernel"):
         FaceIndex(kernel="fortran")
 
@@ -245,9 +326,8 @@ def test_both_encoders_give_the_same_codes_and_errors_that_bound_the_true_ones(
     vectors = (rng.normal(0, scale, (50, 128))).astype(np.float32)
     vectors[rng.random(50) < 0.1, rng.integers(128)] = np.nan
     vectors[:3] = (rng.integers(-127, 128, (3, 128)) + 0.5) / SCALE  # halfway: ties
-    FaceIndex(kernel="numba")  # compiles the numba kernels
     codes_np, bound_np = encode(vectors, "numpy")
-    codes_nb, bound_nb = encode(vectors, "numba")
+    codes_nb, bound_nb = encode(vectors, "native")
     assert np.array_equal(codes_np, codes_nb)
     assert np.array_equal(np.isinf(bound_np), np.isinf(bound_nb))
     for v, c, b1, b2 in zip(vectors, codes_np, bound_np, bound_nb, strict=True):

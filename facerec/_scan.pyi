@@ -1,0 +1,13 @@
+# Types of the C extension facerec/_scan.c (built by setup.py).
+from typing_extensions import Buffer
+
+BLOCK_ROWS: int
+HEAD_DIMS: int
+TAIL_DIMS: int
+
+def scan(head: Buffer, tail: Buffer, row_lo: int, row_hi: int, queries: Buffer,
+         thresholds: Buffer, out_rows: Buffer, out_cols: Buffer, /) -> int: ...
+def encode(vectors: Buffer, dims: Buffer, scale: float, code_max: int, limit: float,
+           codes: Buffer, errors: Buffer, /) -> None: ...
+def kernel() -> str: ...
+def select(name: str, /) -> str: ...
