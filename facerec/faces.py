@@ -459,8 +459,22 @@ def _face_recognition() -> ModuleType:
     # It also sets ImageFile.LOAD_TRUNCATED_IMAGES = True for the whole process: undo that,
     # or the worker would accept truncated files that rest refuses.
     _apply_pillow_rules()
+    _drop_landmark_model(face_recognition)
     module: ModuleType = face_recognition
     return module
+
+
+def _drop_landmark_model(fr: ModuleType) -> None:
+    """Free the 68-point landmark model (~66 MB of a worker's memory, loaded at import).
+
+    Encodings use the 5-point model (face_encodings' default, model="small"); the 68-point
+    one serves only face_landmarks and model="large", which facerec never calls.
+    """
+    api = fr.api
+    if getattr(api, "pose_predictor_68_point", None) is not None:
+        api.pose_predictor_68_point = None
+        from facerec.matcher import release_free_heap  # its memory back to the OS
+        release_free_heap()
 
 
 def load_models() -> None:

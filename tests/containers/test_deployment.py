@@ -40,7 +40,7 @@ TROUBLE = re.compile(r"\bERROR\b|\bCRITICAL\b|Traceback|Read-only file system|Er
                      r"Control server", re.I)
 # Modules a liveness check has no business loading.
 HEAVY = {"numpy", "dlib", "_dlib_pybind11", "face_recognition", "face_recognition_models",
-         "PIL", "numba", "llvmlite"}
+         "PIL"}
 
 
 Item = tuple[str, bytes, frozenset[str]]  # upload name, bytes, identities

@@ -112,6 +112,16 @@ def test_everything_rest_worker_and_logs_import_at_run_time_is_in_the_image(
     assert imported == ["pkg_resources", "cryptography"]
 
 
+def test_the_worker_image_searches_with_the_native_scan(docker: Docker, images: Images) -> None:
+    # Built by the image's own install (setup.py); the numpy fallback would answer the same,
+    # ~50× slower, so an image without it must not pass.
+    out = run_in(docker, images.worker, "python", "-c",
+                 "from facerec import _kernels, _scan; print(_kernels.get_scan()[0], "
+                 "_scan.kernel())")
+    assert out.split()[0] == "native"
+    assert out.split()[1] in ("avx2", "portable")
+
+
 def dockerfile_run(dockerfile: str, contains: str) -> str:
     """The shell command of the one RUN instruction of the final stage containing `contains`."""
     text = (ROOT / dockerfile).read_text()
