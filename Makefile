@@ -16,7 +16,8 @@ help:
 	@echo "make bench   run the benchmarks (< 15 min) and write BENCHMARKS.md; bench-quick: ~2 min"
 	@echo "make fast-dlib  opt-in: dlib for AVX2 + OpenBLAS in place of dlib-bin (compiled once, 8-10 min)"
 
-$(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/test.txt pyproject.toml
+$(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/test.txt pyproject.toml \
+		setup.py facerec/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt

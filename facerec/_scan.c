@@ -266,6 +266,48 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(pack_doc,
+"pack(codes, head, tail, row)\n\n"
+"Write rows of codes (int8 [n][96], row-major) into one chunk's head (blocks) and tail,\n"
+"as its rows row .. row + n - 1.");
+
+static PyObject *pack(PyObject *self, PyObject *args)
+{
+    Py_buffer codes, head, tail;
+    Py_ssize_t row;
+    if (!PyArg_ParseTuple(args, "y*w*w*n", &codes, &head, &tail, &row))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = codes.len / CODE_DIMS;
+    if (row < 0 || codes.len % CODE_DIMS) {
+        PyErr_SetString(PyExc_ValueError, "pack: whole rows of 96 codes, row >= 0");
+        goto done;
+    }
+    Py_ssize_t blocks = (row + n + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    if (check_size(&head, blocks * BLOCK_BYTES, "head") ||
+        check_size(&tail, (row + n) * TAIL_DIMS, "tail"))
+        goto done;
+    const int8_t *src = codes.buf;
+    int8_t *h = head.buf, *t = tail.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t r = row + i;
+        const int8_t *c = src + i * CODE_DIMS;
+        int8_t *lane = h + (r / BLOCK_ROWS) * BLOCK_BYTES + (r % BLOCK_ROWS) * 2;
+        for (int p = 0; p < HEAD_PAIRS; p++) {
+            lane[p * 2 * BLOCK_ROWS] = c[2 * p];
+            lane[p * 2 * BLOCK_ROWS + 1] = c[2 * p + 1];
+        }
+        memcpy(t + r * TAIL_DIMS, c + HEAD_DIMS, TAIL_DIMS);
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&tail);
+    return result;
+}
+
 static PyObject *kernel(PyObject *self, PyObject *unused)
 {
     return PyUnicode_FromString(kernel_name);
@@ -309,6 +351,7 @@ static PyObject *select_kernel(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
     {"encode", encode, METH_VARARGS, encode_doc},
+    {"pack", pack, METH_VARARGS, pack_doc},
     {"kernel", kernel, METH_NOARGS, "The scan in use: \"avx2\" or \"portable\"."},
     {"select", select_kernel, METH_O,
      "select(name): use the \"avx2\" or the \"portable\" scan (the same answers); "

@@ -248,6 +248,13 @@ class _Codes(_Chunks):
 
     def write(self, row: int, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=np.int8)
+        native = _kernels.native()
+        if native is not None:  # the same layout, ~10× faster than numpy's transposes
+            done = 0
+            for k, a, b in self.spans(row, row + len(values)):
+                native.pack(values[done:done + b - a], self.chunks[k], self.tails[k], a)
+                done += b - a
+            return
         head = np.ascontiguousarray(values[:, :HEAD_DIMS])
         pairs = head.reshape(len(values), HEAD_DIMS // 2, 2)
         pairs16 = head.view(np.int16)

@@ -32,6 +32,8 @@ from facerec.store import LogState, Match, Store, encodings_from_bytes
 T = TypeVar("T")
 # Outages waited out in place: they say nothing about the image, so they use no attempt.
 WAITED_OUT = (RedisUnavailable, ImageStoreUnavailable)
+# Face-log entries read from Redis at a time while loading the index.
+_LOAD_BATCH = 10_000
 # Called at the named points of processing ("before_commit", "after_commit") with the
 # message: the way tests inject faults (tests/fault_worker.py). Production installs none.
 Hook = Callable[[str, ImageMessage], None]
@@ -100,7 +102,10 @@ class Processor:
                 self.index.epoch = state.epoch
                 self.erased = 0
             loaded = 0
-            for hashes, blobs in self.store.face_log_batches(self.index.version):
+            # A long way behind (start-up): the next batch is read while one is encoded.
+            ahead = state.length - self.index.version > 2 * _LOAD_BATCH
+            for hashes, blobs in self.store.face_log_batches(self.index.version, _LOAD_BATCH,
+                                                             ahead=ahead):
                 loaded += self.index.extend_blobs(hashes, blobs)
             if loaded > 100_000:
                 release_free_heap()  # the batches' buffers, returned to the OS

@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import functools
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -79,6 +81,7 @@ from facerec.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 # Redis errors that say "not now" rather than "this is wrong": unreachable, still loading
 # its data, or refusing writes (maxmemory with noeviction, a read-only replica).
 _OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
@@ -150,6 +153,47 @@ def distances_key(image_hash: str) -> str:
 
 def encodings_to_bytes(encodings: np.ndarray) -> bytes:
     return np.ascontiguousarray(encodings, dtype=ENCODING_DTYPE).reshape(-1, ENCODING_DIM).tobytes()
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yield what `items` yields, producing up to `depth` items ahead on a daemon thread.
+    Its exception is raised here, in order; closing this generator stops the thread."""
+    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            put("error", exc)
+            return
+        put("end", None)
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield cast(T, value)
+    finally:
+        stop.set()
+        thread.join()
 
 
 def encodings_from_bytes(blob: bytes) -> np.ndarray:
@@ -943,16 +987,22 @@ class Store:
                 yield h, faces[start:end]
                 start = end
 
-    def face_log_batches(self, version: int, batch: int = 10_000
+    def face_log_batches(self, version: int, batch: int = 10_000, ahead: bool = False
                          ) -> Iterator[tuple[list[str], list[bytes]]]:
         """The face log from position `version` on, in batches of (hashes, blobs): an
-        erased entry is ("", b""). What the index loads (FaceIndex.extend_blobs)."""
-        while True:
-            hashes, blobs = self._log_batch(version, batch)
-            if not hashes:
-                return
-            yield hashes, blobs
-            version += len(hashes)
+        erased entry is ("", b""). What the index loads (FaceIndex.extend_blobs).
+
+        ahead: read the next batch on a second thread while the caller handles one (a
+        worker's start-up: Redis and the encoding overlap)."""
+        def batches() -> Iterator[tuple[list[str], list[bytes]]]:
+            at = version
+            while True:
+                hashes, blobs = self._log_batch(at, batch)
+                if not hashes:
+                    return
+                yield hashes, blobs
+                at += len(hashes)
+        return read_ahead(batches()) if ahead else batches()
 
     @_translated
     def encoding_blobs(self, image_hashes: list[str]) -> list[bytes | None]:
