@@ -6,10 +6,10 @@ generated in chunks and pipelined into a private redis-server in the real layout
 fresh worker process — the pipeline's Processor with the dlib models loaded, its index
 reading candidates' vectors from Redis — starts up:
 
-- start-up to ready: `Processor.load_index` (Store.face_log_since → FaceIndex.extend), and
-  in a second fresh process the batched loader of bench/index_scaling.py;
+- start-up to ready: `Processor.load_index` (batches of blobs into FaceIndex.extend_blobs,
+  the next batch read from Redis on a second thread);
 - its whole resident memory (and the anonymous part: the file part is shared libraries,
-  e.g. LLVM for numba, mapped by every worker of a node);
+  mapped by every worker of a node);
 - match one face on one core, p50 / p99 and candidates re-checked, over queries that are
   new faces of stored identities and stored faces moved to the tolerance ± 1e-4; each
   checked against a brute force over all 10M faces (a float32 pre-filter with a 0.01
@@ -38,9 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Section, log, percentile, services, verdict
-from bench.index_scaling import cpu_seconds, load_batched, redis_vectors, status_kib
+from bench.index_scaling import cpu_seconds, status_kib
 from bench.match_scaling import TOL
-from facerec.matcher import exact_distances
+from facerec._kernels import HEAD_DIMS, head_rows
+from facerec.matcher import FaceIndex, exact_distances
 from facerec.store import FACE_LOG, FACE_LOG_EPOCH, HASH_TO_ENCODINGS, META
 
 FACES = 10_000_000
@@ -168,57 +169,69 @@ def brute_force(faces: np.ndarray, queries: np.ndarray) -> list[dict[str, float]
     return out
 
 
-def worker_child(port: int, queries_path: str, batched: bool) -> None:
+def head_pass(index: FaceIndex, queries: np.ndarray, rows: int = 1_000_000) -> float:
+    """Fraction of stored faces whose head sum (the scan's first 64 codes) is within a
+    query's threshold, i.e. whose tail the scan reads too: over the first `rows` faces."""
+    codes = index._codes  # the bench looks inside: the scan does not count these
+    passed = total = 0
+    for q in queries:
+        qc, limits = index.thresholds(q[None], TOL)
+        seen = 0
+        for chunk in codes.chunks:
+            if seen >= rows:
+                break
+            d = head_rows(chunk).astype(np.int32) - qc[0, :HEAD_DIMS]
+            passed += int((np.einsum("ij,ij->i", d, d) <= limits[0]).sum())
+            total += len(d)
+            seen += len(d)
+    return passed / max(1, total)
+
+
+def worker_child(port: int, queries_path: str) -> None:
     """A worker: models loaded, index with Redis vectors; load, then match and commit."""
     from facerec import faces as face_ops
-    from facerec.matcher import FaceIndex
     from facerec.pipeline import Processor
     from facerec.settings import Settings
     from facerec.store import Store
-    face_ops._face_recognition()  # dlib and its models, as a worker has them
+    face_ops.load_models()  # dlib and its models, as a worker has them
     settings = Settings.from_env({}, redis_port=port)
-    processor = Processor(settings, Store(settings))
-    processor.index = FaceIndex(vectors=redis_vectors(port))
+    processor = Processor(settings, Store(settings))  # its index reads vectors from Redis
     rss0 = status_kib("VmRSS") / 1024
     start, cpu = time.perf_counter(), cpu_seconds()
-    if batched:
-        load_batched(port, processor.index)
-    else:
-        processor.load_index()
+    processor.load_index()
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     result: dict[str, object] = {
         "seconds": seconds, "cpu": cpu, "faces": processor.index.n_faces,
         "nbytes": processor.index.nbytes, "rss_before_mib": rss0,
         "rss_mib": status_kib("VmRSS") / 1024, "anon_mib": status_kib("RssAnon") / 1024,
         "file_mib": status_kib("RssFile") / 1024, "peak_mib": status_kib("VmHWM") / 1024}
-    if not batched:
-        queries = np.load(queries_path)
-        times, cands, found = [], [], []
-        processor.index.search(queries[:1], TOL)
-        for q in queries:
-            t = time.perf_counter()
-            got = processor.index.search(q[None], TOL)
-            times.append(time.perf_counter() - t)
-            cands.append(processor.index.last_rechecked)
-            found.append({h: m.distance for h, m in got.items()})
-        commits = []
-        rng = np.random.default_rng(3)
-        for k in range(20):
-            face = (queries[k] + rng.normal(0, 0.05, 128)).astype(np.float32)[None]
-            h = f"c{k:063x}"
-            t = time.perf_counter()
-            processor.commit_faces(h, f"bench-{k}.jpg", face_ops.Faces([(0, 1, 1, 0)], face))
-            commits.append(time.perf_counter() - t)
-        result.update(times=times, cands=cands, found=found, commits=commits,
-                      rss_after_mib=status_kib("VmRSS") / 1024,
-                      anon_after_mib=status_kib("RssAnon") / 1024)
+    queries = np.load(queries_path)
+    times, cands, found = [], [], []
+    processor.index.search(queries[:1], TOL)
+    for q in queries:
+        t = time.perf_counter()
+        got = processor.index.search(q[None], TOL)
+        times.append(time.perf_counter() - t)
+        cands.append(processor.index.last_rechecked)
+        found.append({h: m.distance for h, m in got.items()})
+    commits = []
+    rng = np.random.default_rng(3)
+    for k in range(20):
+        face = (queries[k] + rng.normal(0, 0.05, 128)).astype(np.float32)[None]
+        h = f"c{k:063x}"
+        t = time.perf_counter()
+        processor.commit_faces(h, f"bench-{k}.jpg", face_ops.Faces([(0, 1, 1, 0)], face))
+        commits.append(time.perf_counter() - t)
+    result.update(times=times, cands=cands, found=found, commits=commits,
+                  head_pass=head_pass(processor.index, queries[:5]),
+                  rss_after_mib=status_kib("VmRSS") / 1024,
+                  anon_after_mib=status_kib("RssAnon") / 1024)
     print(json.dumps(result))
 
 
-def run_worker(port: int, queries_path: str, batched: bool) -> dict[str, object]:
+def run_worker(port: int, queries_path: str) -> dict[str, object]:
     out = subprocess.run([sys.executable, __file__, "--worker-child", str(port),
-                          queries_path] + (["--batched"] if batched else []),
-                         cwd=ROOT, capture_output=True, text=True, check=True)
+                          queries_path], cwd=ROOT, capture_output=True, text=True, check=True)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -242,10 +255,8 @@ def run(quick: bool = False, n: int = FACES) -> Section:
         queries = make_queries(faces, N_QUERIES, np.random.default_rng(5))
         queries_path = str(Path(tmp) / "queries.npy")
         np.save(queries_path, queries)
-        worker = run_worker(port, queries_path, batched=False)
-        log(f"ten million: worker path start-up {worker['seconds']:.1f}s")
-        batched = run_worker(port, queries_path, batched=True)
-        log(f"ten million: batched start-up {batched['seconds']:.1f}s")
+        worker = run_worker(port, queries_path)
+        log(f"ten million: start-up {worker['seconds']:.1f}s")
         want = brute_force(faces, queries[:N_CHECKED])
         found = worker["found"]
         assert isinstance(found, list)
@@ -263,39 +274,59 @@ def run(quick: bool = False, n: int = FACES) -> Section:
     commits = worker["commits"]
     assert isinstance(times, list) and isinstance(cands, list) and isinstance(commits, list)
     p50, p99, g50 = percentile(times, 50), percentile(times, 99), percentile(gemv, 50)
-    rss_gb = float(worker["rss_after_mib"]) * 2**20 / 1e9  # type: ignore[arg-type]
-    anon_gb = float(worker["anon_after_mib"]) * 2**20 / 1e9  # type: ignore[arg-type]
+    mib = 2**20 / 1e9
+    rss_gb = float(worker["rss_after_mib"]) * mib  # type: ignore[arg-type]
+    anon_gb = float(worker["anon_after_mib"]) * mib  # type: ignore[arg-type]
+    base_gb = float(worker["rss_before_mib"]) * mib  # type: ignore[arg-type]
     per_face = float(worker["nbytes"]) / float(worker["faces"])  # type: ignore[arg-type]
+    startup, cpu = float(worker["seconds"]), float(worker["cpu"])  # type: ignore[arg-type]
+    passed = float(worker["head_pass"])  # type: ignore[arg-type]
+    scanned = HEAD_DIMS + passed * 64  # bytes read a face: the head, and a tail's cache line
     section.table(
         ["stored faces", "index bytes / face", "worker RSS GB (anon + files) / peak",
-         "target (RSS)", "start-up s (CPU s) (worker path)",
-         "start-up s (CPU s) (batched, pipelined)",
-         "target (start-up)", "match p50 ms (1 core)", "p99 ms", "target (match)",
-         "float32 matvec p50 ms", "ratio p50", "candidates / query (median / max)",
-         "= brute force", "commit p50 ms"],
+         "target (RSS)", "start-up s (CPU s)", "target (start-up)", "match p50 ms (1 core)",
+         "p99 ms", "target (match)", "float32 matvec p50 ms", "ratio p50",
+         "faces whose tail is read", "candidates / query (median / max)", "= brute force",
+         "commit p50 ms"],
         [[f"{n:,}", f"{per_face:.0f}",
           f"{rss_gb:.2f} ({anon_gb:.2f} + {rss_gb - anon_gb:.2f}) / "
-          f"{float(worker['peak_mib']) * 2**20 / 1e9:.2f}",  # type: ignore[arg-type]
+          f"{float(worker['peak_mib']) * mib:.2f}",  # type: ignore[arg-type]
           f"≤ {RSS_TARGET_GB} GB: {verdict(rss_gb <= RSS_TARGET_GB)}",
-          f"{worker['seconds']:.1f} ({worker['cpu']:.1f})",
-          f"{batched['seconds']:.1f} ({batched['cpu']:.1f})",
-          f"≤ {STARTUP_TARGET_S:g} s: {verdict(float(worker['seconds']) <= STARTUP_TARGET_S)}"  # type: ignore[arg-type]
-          f" (batched: {verdict(float(batched['seconds']) <= STARTUP_TARGET_S)})",  # type: ignore[arg-type]
+          f"{startup:.1f} ({cpu:.1f})",
+          f"≤ {STARTUP_TARGET_S:g} s: {verdict(startup <= STARTUP_TARGET_S)}",
           f"{p50 * 1e3:.1f}", f"{p99 * 1e3:.1f}",
           f"≤ {MATCH_TARGET_MS:g} ms: {verdict(max(p50, p99) * 1e3 <= MATCH_TARGET_MS)}",
-          f"{g50 * 1e3:.0f}", f"{p50 / g50:.2f}",
+          f"{g50 * 1e3:.0f}", f"{p50 / g50:.3f}", f"{passed:.2%}",
           f"{int(np.median(cands))} / {max(cands)}", f"{exact}/{N_CHECKED}",
           f"{percentile(commits, 50) * 1e3:.1f}"]])
     section.note(
         f"Generated and pipelined into Redis in {gen_s:.0f} s (Redis then used "
-        f"{redis_mib / 1024:.1f} GiB). Load average at the start: {load}. The worker's RSS "
-        f"before loading (Python, numpy, numba, dlib and its models) was "
-        f"{float(worker['rss_before_mib']):.0f} MiB; the file-backed part of RSS is "  # type: ignore[arg-type]
-        "shared libraries, shared by every worker on a node. Start-up counts from the "
-        "index being empty to ready, in a fresh process; CPU seconds are that process's "
-        "own (Redis works on the other core).")
-    section.data["tenm"] = {"p50": p50, "p99": p99, "startup": worker["seconds"],
-                            "batched": batched["seconds"], "rss_gb": rss_gb}
+        f"{redis_mib / 1024:.1f} GiB). Load average at the start: {load}. Start-up counts "
+        "from the index being empty to ready, in a fresh process (`Processor.load_index`: "
+        "batches of 10,000 blobs into `extend_blobs`, the next batch read from Redis on a "
+        "second thread); CPU seconds are that process's own (Redis works on the other "
+        "core). The file-backed part of RSS is shared libraries, shared by every worker of "
+        "a node. \"Faces whose tail is read\": the share of the first million faces whose "
+        "head (64 codes) is within the threshold of one of 5 queries, so that the scan "
+        "reads their other 32 codes too.")
+    section.note("Met / missed, and why:")
+    section.note(
+        f"- **Whole-worker RSS ≤ {RSS_TARGET_GB} GB: {verdict(rss_gb <= RSS_TARGET_GB)}** "
+        f"({rss_gb:.2f} GB): the index holds {per_face:.0f} bytes a face (96 of codes, 32 "
+        f"of image hash: {per_face * n / 1e9:.2f} GB), the worker {base_gb:.2f} GB before "
+        "loading anything (Python, numpy, dlib and the two models it uses; the 68-point "
+        "landmark model is freed, and the scan is a C extension, not numba's LLVM).")
+    section.note(
+        f"- **Start-up ≤ {STARTUP_TARGET_S:g} s: {verdict(startup <= STARTUP_TARGET_S)}** "
+        f"({startup:.1f} s, {cpu:.1f} CPU s in the worker; Redis serves the face log and "
+        f"the blobs, {n * 512 / 1e9:.1f} GB, on the other core).")
+    section.note(
+        f"- **Match p50 and p99 ≤ {MATCH_TARGET_MS:g} ms: "
+        f"{verdict(max(p50, p99) * 1e3 <= MATCH_TARGET_MS)}** ({p50 * 1e3:.1f} / "
+        f"{p99 * 1e3:.1f} ms, {p50 / g50:.3f}× the float32 matvec). A search reads the "
+        f"64-byte head of every face and the tail of {passed:.2%} of them: ~{scanned:.0f} "
+        f"bytes a face, {scanned * n / 1e9:.2f} GB in all.")
+    section.data["tenm"] = {"p50": p50, "p99": p99, "startup": startup, "rss_gb": rss_gb}
     return section
 
 
@@ -305,10 +336,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker-child", nargs=2, metavar=("REDIS_PORT", "QUERIES"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_child:
-        worker_child(int(args.worker_child[0]), args.worker_child[1], args.batched)
+        worker_child(int(args.worker_child[0]), args.worker_child[1])
         return
     print(run(args.quick, args.faces).markdown())
 

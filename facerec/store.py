@@ -971,22 +971,6 @@ class Store:
         """Face-log positions erased after the first `count` erasures, in order."""
         return [int(p) for p in self._db[META].lrange(FACE_LOG_ERASED, count, -1)]
 
-    def face_log_since(self, version: int, batch: int = 10_000
-                       ) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield (hash, encodings) of face-log entries from position `version` on.
-
-        An erased entry yields ("", no faces): it keeps its position. Each batch's blobs
-        are joined and decoded at once: the encodings yielded are views into one read-only
-        batch array, so loading costs no numpy call per image.
-        """
-        for hashes, blobs in self.face_log_batches(version, batch):
-            faces = encodings_from_bytes(b"".join(blobs))
-            start = 0
-            for h, blob in zip(hashes, blobs, strict=True):
-                end = start + len(blob) // FACE_BYTES  # a tombstone's blob is empty
-                yield h, faces[start:end]
-                start = end
-
     def face_log_batches(self, version: int, batch: int = 10_000, ahead: bool = False
                          ) -> Iterator[tuple[list[str], list[bytes]]]:
         """The face log from position `version` on, in batches of (hashes, blobs): an
