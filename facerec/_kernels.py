@@ -114,3 +114,12 @@ def get_encode(kernel: str) -> Callable[..., None] | None:
         return None
     encode: Callable[..., None] = module.encode
     return encode
+
+
+def get_pack(kernel: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray, int], None] | None:
+    """The native writer of codes into the layout (for the native kernel), or None."""
+    module = native() if kernel == "native" else None
+    if module is None:
+        return None
+    pack: Callable[[np.ndarray, np.ndarray, np.ndarray, int], None] = module.pack
+    return pack

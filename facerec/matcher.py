@@ -227,9 +227,10 @@ class _Codes(_Chunks):
     [block][pair][row][2] over the first HEAD_DIMS codes; its tail, tails[k], holds the
     other TAIL_DIMS codes row by row."""
 
-    def __init__(self, first: int) -> None:
+    def __init__(self, first: int, kernel: str) -> None:
         super().__init__((), np.int8, first)
         self.tails: list[np.ndarray] = []
+        self._pack = _kernels.get_pack(kernel)
 
     @property
     def nbytes(self) -> int:
@@ -248,11 +249,10 @@ class _Codes(_Chunks):
 
     def write(self, row: int, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=np.int8)
-        native = _kernels.native()
-        if native is not None:  # the same layout, ~10× faster than numpy's transposes
+        if self._pack is not None:  # the same layout, ~10× faster than numpy's transposes
             done = 0
             for k, a, b in self.spans(row, row + len(values)):
-                native.pack(values[done:done + b - a], self.chunks[k], self.tails[k], a)
+                self._pack(values[done:done + b - a], self.chunks[k], self.tails[k], a)
                 done += b - a
             return
         head = np.ascontiguousarray(values[:, :HEAD_DIMS])
@@ -462,7 +462,7 @@ class FaceIndex:
         self.max_error = 0.0  # E: the largest quantization error of a coded face
         self.removed_faces = 0
         self.last_rechecked = 0  # candidates the last search measured in float64
-        self._codes = _Codes(self._capacity)
+        self._codes = _Codes(self._capacity, self.kernel)
         self._hashes = _Chunks((32,), np.uint8, self._capacity)  # SHA-256, binary
         self._odd_hashes: dict[int, str] = {}  # hashes that are not 64 lowercase hex digits
         # Image i starts at row i + offset; the offset changes only after an image with

@@ -357,3 +357,26 @@ def test_search_each_gives_every_face_its_own_brute_force_answer_in_one_scan(
         brute(images, q[None], 0.6) for q in query]
     assert {h: m.distance for h, m in index.search(query, 0.6).items()} == brute(
         images, query[np.isfinite(query).all(axis=1)], 0.6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batches=st.lists(st.integers(0, 150), min_size=1,
+                                                       max_size=6),
+       capacity=st.integers(1, 200))
+def test_numpy_and_native_write_the_same_bytes_into_the_layout(
+        seed: int, batches: list[int], capacity: int) -> None:
+    """The native pack and numpy's transposes fill heads and tails identically, across
+    block and chunk boundaries (then both scans read the same codes)."""
+    rng = np.random.default_rng(seed)
+    indexes = [FaceIndex(capacity=capacity, kernel=k) for k in KERNELS]
+    for n in batches:
+        faces = rng.normal(0, 0.3, (n, 128)).astype(np.float32)
+        for index in indexes:
+            index.extend((f"{i:064x}", faces[i:i + 1]) for i in range(n))
+    native, numpy_ = (index._codes for index in indexes)
+    assert len(native.chunks) == len(numpy_.chunks)
+    for a, b, ta, tb in zip(native.chunks, numpy_.chunks, native.tails, numpy_.tails,
+                            strict=True):
+        assert np.array_equal(a, b) and np.array_equal(ta, tb)
+    rows = np.arange(indexes[0].n_faces)
+    assert np.array_equal(native.take(rows), numpy_.take(rows))
