@@ -24,6 +24,10 @@ $(VENV)/.installed: requirements/base.txt requirements/face.txt requirements/tes
 	# face_recognition's metadata asks for a source build of dlib; dlib-bin provides it.
 	$(PY) -m pip install --quiet --no-deps -r requirements/face.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	@$(PY) -c "from facerec import _scan" 2>/dev/null || echo "WARNING: facerec._scan (the \
+	index's C scan, setup.py) did not build: it needs a C compiler and Python's headers \
+	(apt-get install gcc python3.11-dev). The index falls back to numpy (same answers, \
+	~50x slower) and make test fails on it." >&2
 	touch $@
 
 venv: $(VENV)/.installed

@@ -478,6 +478,12 @@ class FaceIndex:
         return self.n_faces
 
     @property
+    def kernel_detail(self) -> str:
+        """The scan in use, for the logs: "native avx2", "native portable" or "numpy"."""
+        module = _kernels.native() if self.kernel == "native" else None
+        return "numpy" if module is None else f"native {module.kernel()}"
+
+    @property
     def live_faces(self) -> int:
         """Faces of images not removed."""
         return self.n_faces - self.removed_faces

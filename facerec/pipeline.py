@@ -133,8 +133,9 @@ class Processor:
         start = time.monotonic()
         self.sync()
         self.update_index_gauges()
-        self.log.info("index loaded: %d faces of %d images in %.2fs",
-                      self.index.n_faces, self.index.version, time.monotonic() - start)
+        self.log.info("index loaded: %d faces of %d images in %.2fs (%s scan)",
+                      self.index.n_faces, self.index.version, time.monotonic() - start,
+                      self.index.kernel_detail)
 
     def process(self, msg: ImageMessage) -> Outcome:
         """Process one validated image message. Raises InvalidImage for bad bytes."""
