@@ -2,9 +2,10 @@
 
 A worker loads the face log once at start-up and then appends the delta it has not seen.
 Matching used to read every stored float32 face (512 bytes each); it now scans 96-byte
-codes with integer arithmetic and a proven error bound, and measures only the few
-candidates that bound cannot rule out in float64 — the same match sets and distances as a
-float64 brute force over every stored face, on every input. See BENCHMARKS.md.
+codes with integer arithmetic and a proven error bound (most faces are ruled out by their
+first 64 codes: facerec._kernels), and measures only the few candidates that bound cannot
+rule out in float64 — the same match sets and distances as a float64 brute force over
+every stored face, on every input. See BENCHMARKS.md.
 
 Codes. Face x (float32, as stored in Redis) keeps CODE_DIMS of its 128 dimensions (`DIMS`:
 the 32 dropped have the least variance in dlib's encodings of the shared photos),
