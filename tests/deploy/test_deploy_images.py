@@ -215,7 +215,7 @@ def test_the_fast_dlib_is_compiled_in_a_stage_of_its_own_and_replaces_dlib_bin(
     # that built dlib builds facerec._scan too; the install fails if it was not built.
     assert build[0] == ("FROM", "dlib AS build")
     (project,) = [s for s in steps if "--no-build-isolation ." in s]
-    assert 'python -c "from facerec import _scan"' in project
+    assert 'python -P -c "from facerec import _scan"' in project  # -P: not /src's copy
     # The runtime libraries the wheel links, in the final stage of both images.
     final = " ".join(a for k, a in stages(dockerfile)[-1] if k == "RUN")
     assert "libopenblas0-pthread" in final
