@@ -311,8 +311,9 @@ def run(quick: bool = False) -> Section:
                     f"bare float32 matrix-vector product over the same matrix on one thread "
                     f"takes {g50 * 1e3:.1f} ms p50 here ({matrix.nbytes / g50 / 1e9:.1f} GB/s, "
                     f"this core's share of memory bandwidth); the search takes {p50:.1f} ms "
-                    f"({p50 / (g50 * 1e3):.2f}×): it reads 96-byte int8 codes, not the "
-                    f"float32 faces (section 2b).")
+                    f"({p50 / (g50 * 1e3):.2f}×): it reads int8 codes, ~64 bytes a face (a "
+                    f"64-byte head, and the 32-byte tail of the few faces it does not rule "
+                    f"out), not the float32 faces (section 2b).")
                 if not quick:
                     approximate_option(index, synth, queries, section)
             del processor, index
