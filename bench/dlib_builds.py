@@ -101,7 +101,9 @@ def child(build: Build, mode: str, paths: list[Path], **env: str) -> dict[str, f
     """Run this module's --child MODE in a process that imports `build`'s dlib."""
     environ = dict(os.environ, **build.env(**env))
     out = subprocess.run([sys.executable, __file__, "--child", mode, *map(str, paths)],
-                         cwd=ROOT, env=environ, check=True, capture_output=True, text=True)
+                         cwd=ROOT, env=environ, capture_output=True, text=True)
+    if out.returncode:  # e.g. the fast build without its runtime libraries (OpenBLAS)
+        raise RuntimeError(f"{build.name} {mode} failed:\n{out.stderr[-2000:]}")
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
