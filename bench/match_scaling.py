@@ -70,9 +70,9 @@ def stored_hash(i: int) -> str:
 class Synthetic:
     """Deterministic faces: face i belongs to identity (i * 7919) mod IDENTITIES."""
 
-    def __init__(self, n_max: int, seed: int = 5) -> None:
+    def __init__(self, n_max: int, seed: int = 5, spread: float = 0.07) -> None:
         rng = np.random.default_rng(seed)
-        self.centres = rng.normal(0, 0.07, size=(IDENTITIES, 128)).astype(np.float32)
+        self.centres = rng.normal(0, spread, size=(IDENTITIES, 128)).astype(np.float32)
         self.faces = np.empty((n_max, 128), dtype=np.float32)
         self.n = 0
         self.rng = rng

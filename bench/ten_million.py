@@ -38,10 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Section, log, percentile, services, verdict
-from bench.index_scaling import cpu_seconds, status_kib
+from bench.index_scaling import cpu_seconds, head_pass, status_kib
 from bench.match_scaling import TOL
-from facerec._kernels import HEAD_DIMS, head_rows
-from facerec.matcher import FaceIndex, exact_distances
+from facerec._kernels import HEAD_DIMS
+from facerec.matcher import exact_distances
 from facerec.store import FACE_LOG, FACE_LOG_EPOCH, HASH_TO_ENCODINGS, META
 
 FACES = 10_000_000
@@ -167,24 +167,6 @@ def brute_force(faces: np.ndarray, queries: np.ndarray) -> list[dict[str, float]
                 if d <= TOL:
                     out[c][stored_hash(lo + int(r))] = d
     return out
-
-
-def head_pass(index: FaceIndex, queries: np.ndarray, rows: int = 1_000_000) -> float:
-    """Fraction of stored faces whose head sum (the scan's first 64 codes) is within a
-    query's threshold, i.e. whose tail the scan reads too: over the first `rows` faces."""
-    codes = index._codes  # the bench looks inside: the scan does not count these
-    passed = total = 0
-    for q in queries:
-        qc, limits = index.thresholds(q[None], TOL)
-        seen = 0
-        for chunk in codes.chunks:
-            if seen >= rows:
-                break
-            d = head_rows(chunk).astype(np.int32) - qc[0, :HEAD_DIMS]
-            passed += int((np.einsum("ij,ij->i", d, d) <= limits[0]).sum())
-            total += len(d)
-            seen += len(d)
-    return passed / max(1, total)
 
 
 def worker_child(port: int, queries_path: str) -> None:

@@ -78,6 +78,7 @@ _SLACK = 1e-9
 _CHUNK_ROWS = 16_384
 # Faces gathered before they are encoded into the index when loading the face log.
 _LOAD_BATCH = 16_384
+_FEW = 32  # rows up to which per-row Python beats numpy's fancy indexing
 _TRIM_AFTER = 65_536  # entries loaded by one extend() after which the heap is trimmed
 _HEX64 = re.compile(r"[0-9a-f]*")
 _NO_HASH = bytes(32)
@@ -206,9 +207,16 @@ class _Chunks:
     def take(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape), dtype=self.dtype)
         starts = self.starts
-        for i, r in enumerate(rows.tolist()):  # a few candidates: plain Python is fastest
-            k = bisect.bisect_right(starts, r) - 1
-            out[i] = self.chunks[k][r - starts[k]]
+        if len(rows) <= _FEW:  # a few candidates: plain Python is fastest
+            for i, r in enumerate(rows.tolist()):
+                k = bisect.bisect_right(starts, r) - 1
+                out[i] = self.chunks[k][r - starts[k]]
+            return out
+        ks = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(ks, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(ks[order])) + 1):
+            k = int(ks[group[0]])
+            out[group] = self.chunks[k][rows[group] - starts[k]]
         return out
 
     def row(self, r: int) -> np.ndarray:
@@ -527,6 +535,21 @@ class FaceIndex:
         b = self._hashes.row(image).tobytes()
         return "" if b == _NO_HASH else b.hex()
 
+    def _hashes_of(self, images: np.ndarray) -> list[str]:
+        """_hash_of for many images: one hex conversion for all of them."""
+        if len(images) <= _FEW:
+            return [self._hash_of(i) for i in images.tolist()]
+        raw = self._hashes.take(images)
+        text = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype="S64")
+        out: list[str] = text.astype("U64").tolist()
+        for i in np.flatnonzero(~raw.any(axis=1)).tolist():
+            out[i] = ""
+        if self._odd_hashes:
+            odd = np.fromiter(self._odd_hashes, dtype=np.int64, count=len(self._odd_hashes))
+            for i in np.flatnonzero(np.isin(images, odd)).tolist():
+                out[i] = self._odd_hashes[int(images[i])]
+        return out
+
     def face_count_at(self, version: int) -> int:
         """Number of faces held by the first `version` images (to search only a delta)."""
         if version >= self.version:
@@ -756,7 +779,7 @@ class FaceIndex:
         if not len(rows):
             return
         images, positions = self._owners(rows)
-        hashes = [self._hash_of(i) for i in images.tolist()]
+        hashes = self._hashes_of(images)
         keep = [h != "" and h != exclude for h in hashes]
         if not all(keep):
             sel = np.array(keep, dtype=bool)

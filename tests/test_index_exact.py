@@ -380,3 +380,21 @@ def test_numpy_and_native_write_the_same_bytes_into_the_layout(
         assert np.array_equal(a, b) and np.array_equal(ta, tb)
     rows = np.arange(indexes[0].n_faces)
     assert np.array_equal(native.take(rows), numpy_.take(rows))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_many_candidates_keep_their_own_hashes_odd_ones_included(kernel: str) -> None:
+    # Past a few dozen candidates the hashes are converted in one batch: hex, other
+    # strings and the all-zero hash must each come back as stored, erased ones not at all.
+    rng = np.random.default_rng(8)
+    names = [f"{i:064x}" if i % 3 else f"photo-{i}.jpg" for i in range(200)]
+    names[0] = "0" * 64
+    faces = rng.normal(0, 0.01, (200, 128)).astype(np.float32)
+    index = FaceIndex(kernel=kernel)
+    index.extend((h, faces[i:i + 1]) for i, h in enumerate(names))
+    index.remove([5, 6, 7])
+    got = index.search(np.zeros((1, 128)), 0.6)
+    assert set(got) == set(names) - {names[5], names[6], names[7]}
+    for h, m in got.items():
+        assert m.distance == float(exact_distances(faces[names.index(h)][None],
+                                                   np.zeros(128, np.float32))[0])
