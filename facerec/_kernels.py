@@ -26,6 +26,7 @@ every sum fits an int32 exactly (96 × 64516 < 2³¹).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -77,18 +78,19 @@ def scan_numpy(head: np.ndarray, tail: np.ndarray, row_lo: int, row_hi: int,
     return count
 
 
+@functools.cache
 def native() -> ModuleType | None:
-    """facerec._scan, or None where the install could not build it."""
+    """facerec._scan, or None where the install could not build it (imported once)."""
     try:
         from facerec import _scan
     except ImportError:
         return None
+    layout = (_scan.BLOCK_ROWS, _scan.HEAD_DIMS, _scan.TAIL_DIMS)
+    if layout != (BLOCK_ROWS, HEAD_DIMS, TAIL_DIMS):  # a stale build of an older _scan.c
+        raise RuntimeError(f"facerec._scan was built for blocks, head and tail {layout}, "
+                           f"not {(BLOCK_ROWS, HEAD_DIMS, TAIL_DIMS)}: rebuild it (make venv)")
     module: ModuleType = _scan
     return module
-
-
-def native_available() -> bool:
-    return native() is not None
 
 
 def get_scan(kernel: str | None = None) -> tuple[str, ScanFn]:
@@ -107,19 +109,11 @@ def get_scan(kernel: str | None = None) -> tuple[str, ScanFn]:
     return "native", scan
 
 
-def get_encode(kernel: str) -> Callable[..., None] | None:
-    """The native encoder (for the native kernel), or None for numpy's."""
+def native_fn(kernel: str, name: str) -> Callable[..., None] | None:
+    """facerec._scan's `name` ("encode", "pack") for an index on the native kernel, or None
+    (the index then does that part in numpy)."""
     module = native() if kernel == "native" else None
     if module is None:
         return None
-    encode: Callable[..., None] = module.encode
-    return encode
-
-
-def get_pack(kernel: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray, int], None] | None:
-    """The native writer of codes into the layout (for the native kernel), or None."""
-    module = native() if kernel == "native" else None
-    if module is None:
-        return None
-    pack: Callable[[np.ndarray, np.ndarray, np.ndarray, int], None] = module.pack
-    return pack
+    fn: Callable[..., None] = getattr(module, name)
+    return fn

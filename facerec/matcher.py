@@ -44,7 +44,7 @@ import mmap
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -111,7 +111,7 @@ def encode(vectors: np.ndarray, kernel: str = "numpy") -> tuple[np.ndarray, np.n
     it when c ≠ 0). The 97 roundings of Σd² (products and sums of non-negative terms, in
     any order) add at most 97·2⁻²⁴ < 6e-6 relative, so Σd²·(1 + 1e-5) bounds |d|² above.
     """
-    fast = _kernels.get_encode(kernel)
+    fast = _kernels.native_fn(kernel, "encode")
     if fast is not None:
         codes8 = np.empty((len(vectors), CODE_DIMS), dtype=np.int8)
         bounds = np.empty(len(vectors), dtype=np.float64)
@@ -212,11 +212,8 @@ class _Chunks:
                 k = bisect.bisect_right(starts, r) - 1
                 out[i] = self.chunks[k][r - starts[k]]
             return out
-        ks = np.searchsorted(starts, rows, side="right") - 1
-        order = np.argsort(ks, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(ks[order])) + 1):
-            k = int(ks[group[0]])
-            out[group] = self.chunks[k][rows[group] - starts[k]]
+        for k, at in self.by_chunk(rows):
+            out[at] = self.chunks[k][rows[at] - starts[k]]
         return out
 
     def row(self, r: int) -> np.ndarray:
@@ -224,11 +221,17 @@ class _Chunks:
         out: np.ndarray = self.chunks[k][r - self.starts[k]]
         return out
 
-    def put(self, rows: np.ndarray, value: object) -> None:
+    def by_chunk(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(chunk, positions in `rows` of the rows it holds), for each chunk holding some."""
         ks = np.searchsorted(self.starts, rows, side="right") - 1
-        for k in np.unique(ks):
-            sel = ks == k
-            self.chunks[k][rows[sel] - self.starts[k]] = value
+        order = np.argsort(ks, kind="stable")
+        for at in np.split(order, np.flatnonzero(np.diff(ks[order])) + 1):
+            if len(at):
+                yield int(ks[at[0]]), at
+
+    def put(self, rows: np.ndarray, value: object) -> None:
+        for k, at in self.by_chunk(rows):
+            self.chunks[k][rows[at] - self.starts[k]] = value
 
 
 class _Codes(_Chunks):
@@ -239,7 +242,7 @@ class _Codes(_Chunks):
     def __init__(self, first: int, kernel: str) -> None:
         super().__init__((), np.int8, first)
         self.tails: list[np.ndarray] = []
-        self._pack = _kernels.get_pack(kernel)
+        self._pack = _kernels.native_fn(kernel, "pack")
 
     @property
     def nbytes(self) -> int:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -73,20 +74,28 @@ def adversarial_face(rng: np.random.Generator, query: np.ndarray, tol: float, ki
 
 
 @contextmanager
+def native_scan(variant: str) -> Iterator[ModuleType]:
+    """facerec._scan with its `variant` scan ("avx2", "portable") selected, and the one
+    in use before selected again afterwards."""
+    module = _kernels.native()
+    assert module is not None
+    before = module.kernel()
+    module.select(variant)
+    try:
+        yield module
+    finally:
+        module.select(before)
+
+
+@contextmanager
 def kernel_in_use(kernel: str) -> Iterator[str]:
     """The FaceIndex kernel for `kernel`: "portable" is the native one with its portable C
     loop selected (AVX2, where the CPU has it, again afterwards)."""
     if kernel != "portable":
         yield kernel
         return
-    module = _kernels.native()
-    assert module is not None
-    before = module.kernel()
-    module.select("portable")
-    try:
+    with native_scan("portable"):
         yield "native"
-    finally:
-        module.select(before)
 
 
 @pytest.mark.timeout(120)
@@ -216,15 +225,9 @@ def test_every_kernel_finds_the_same_candidates_as_the_definition(
         return sorted(zip(out_rows[:n].tolist(), out_cols[:n].tolist(), strict=True))
 
     results = {"numpy": run(_kernels.scan_numpy)}
-    module = _kernels.native()
-    assert module is not None
-    before = module.kernel()
-    try:
-        for variant in native_variants():
-            module.select(variant)
+    for variant in native_variants():
+        with native_scan(variant) as module:
             results[variant] = run(module.scan)
-    finally:
-        module.select(before)
     for name, got in results.items():
         assert got == want, name
 
@@ -398,3 +401,17 @@ def test_many_candidates_keep_their_own_hashes_odd_ones_included(kernel: str) ->
     for h, m in got.items():
         assert m.distance == float(exact_distances(faces[names.index(h)][None],
                                                    np.zeros(128, np.float32))[0])
+
+
+def test_an_extension_built_for_another_layout_is_refused(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    # A stale facerec._scan (an older _scan.c) would read the codes with the wrong layout.
+    monkeypatch.setattr(_kernels, "HEAD_DIMS", _kernels.HEAD_DIMS - 8)
+    _kernels.native.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="rebuild it"):
+            _kernels.native()
+    finally:
+        monkeypatch.undo()
+        _kernels.native.cache_clear()
+    assert _kernels.native() is not None
