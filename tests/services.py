@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,10 +36,29 @@ ROOT = Path(__file__).resolve().parent.parent
 FACES = ROOT / "tests" / "data" / "faces"
 
 
+def _ephemeral_floor() -> int:
+    """The first port the kernel hands out as a connection's own local port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1, for a server started a moment later. It is chosen
+    below the ephemeral range: a port the kernel picked (bind to 0) can be taken, before the
+    server binds it, as the local port of any outgoing connection on the machine (seen in
+    CI: a worker container's metrics port, 'Address already in use')."""
+    floor = _ephemeral_floor()
+    for _ in range(1000):
+        port = random.randrange(10_000, floor)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 10000..{floor - 1}")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
